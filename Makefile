@@ -1,0 +1,52 @@
+# Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run worker migrate test lint format reliability bench supervise clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+## run: migrate, enqueue a demo run and start a worker (embedded Postgres unless DATABASE_URL is set)
+run: install
+	$(BIN)/orbit migrate
+	$(BIN)/orbit enqueue demo.hello --params '{"name": "Orbit"}'
+	$(BIN)/python -m app.worker
+
+worker: install
+	$(BIN)/python -m app.worker
+
+migrate: install
+	$(BIN)/orbit migrate
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy app
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest -q -m "not slow"
+
+reliability: install
+	$(BIN)/pytest -q -m slow tests/reliability
+
+bench: install
+	$(BIN)/python -m bench
+
+supervise: install
+	mkdir -p $${LOGS_DIR:-logs}
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -n -c supervisord.conf
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,354 @@
+"""The ``orbit`` command line: run workers, enqueue, inspect and recover runs.
+
+Exit status: 0 success, 1 an operational failure (database unreachable, run not found, or, for
+``check-interrupted``, interrupted runs found), 2 bad input (unknown pipeline, bad params JSON,
+a bad setting or flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import queries, recovery, worker
+from app.database import Database, DatabaseError, make_engine, mask_url, migrate, resolve
+from app.durations import parse_duration
+from app.enqueue import EnqueueError, new_run
+from app.registry import RegistryError, discover
+from app.settings import Settings, load_settings_or_exit
+from app.states import RunStatus
+
+
+class UsageError(Exception):
+    """Bad input: exit status 2."""
+
+
+class Failed(Exception):
+    """An operational failure: exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except (UsageError, EnqueueError, RegistryError) as exc:
+        print(f"orbit: {exc}", file=sys.stderr)
+        return 2
+    except (Failed, DatabaseError, recovery.ResumeError) as exc:
+        print(f"orbit: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"orbit: database error: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orbit", description="Orbit pipeline-run queue")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("worker", worker.start, "run a worker (same as python -m app.worker)")
+    worker.add_arguments(sub)
+    sub = command("migrate", cmd_migrate, "bring the database schema up to date")
+    sub.add_argument("--revision", default="head", help=argparse.SUPPRESS)
+
+    sub = command("enqueue", cmd_enqueue, "enqueue a run and print its id")
+    sub.add_argument("pipeline")
+    sub.add_argument("--params", default="{}", help="a JSON object (default {})")
+    sub.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    sub.add_argument("--delay", default=None, help="start no sooner than this (seconds or 5m)")
+    sub.add_argument("--max-attempts", type=int, default=None)
+    sub.add_argument("--timeout", default=None, help="time limit (seconds or 10m)")
+    sub.add_argument("--key", default=None, help="idempotency key: reuse a live run with it")
+
+    sub = command("status", cmd_status, "show one run and its steps")
+    sub.add_argument("run_id", type=_run_id)
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("runs", cmd_runs, "list runs, newest first")
+    sub.add_argument("--status", choices=[str(s) for s in RunStatus])
+    sub.add_argument("--pipeline", help="a name or glob")
+    sub.add_argument("--limit", type=int, default=20)
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("workers", cmd_workers, "list registered workers")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("check-interrupted", cmd_check, "list interrupted runs (exit 1 when any)")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("recover", cmd_recover, "show, or with --auto-resume do, the recovery")
+    sub.add_argument("--auto-resume", action="store_true", help="resume every interrupted run")
+
+    sub = command("resume", cmd_resume, "resume one interrupted, failed or timed-out run")
+    sub.add_argument("run_id", type=_run_id)
+
+    sub = command("cancel", cmd_cancel, "cancel a pending or running run")
+    sub.add_argument("run_id", type=_run_id)
+    return parser
+
+
+def _run_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a run id is a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a run id is a positive number, not {value!r}")
+    return number
+
+
+# --- plumbing ------------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from app import logs
+
+    settings = load_settings_or_exit()
+    logs.configure(settings.LOG_LEVEL if settings.LOG_LEVEL != "info" else "warning", "console")
+    return settings
+
+
+def _database(settings: Settings) -> Database:
+    try:
+        return resolve(settings)
+    except Exception as exc:
+        raise Failed(f"cannot start the embedded database: {_first_line(exc)}") from None
+
+
+def _engine(settings: Settings) -> Engine:
+    database = _database(settings)
+    if database.embedded:
+        migrate(database.direct_url)
+    engine = make_engine(database.url, pool_size=1)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise Failed(f"cannot reach the database {database.masked}: {_first_line(exc)}") from None
+    return engine
+
+
+def _transaction(action: Callable[[Connection], Any]) -> Any:
+    engine = _engine(_settings())
+    try:
+        with engine.begin() as conn:
+            return action(conn)
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_url(lines[0]) if lines else type(exc).__name__
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=_plain, indent=2))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, datetime):
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        text = str(_plain(value)).replace("\n", " ")
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    database = _database(settings)
+    try:
+        migrate(database.direct_url, args.revision)
+    except SQLAlchemyError as exc:
+        raise Failed(f"cannot migrate {database.masked}: {_first_line(exc)}") from None
+    print(f"Database {database.masked} is at the latest schema.")
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"--params must be a JSON object, not {type(params).__name__}")
+    discover(settings.pipeline_modules)
+    run = new_run(
+        args.pipeline,
+        params,
+        args.priority,
+        args.delay,
+        args.max_attempts,
+        args.timeout,
+        args.key,
+    )
+    run_id = _transaction(lambda conn: queries.insert_run(conn, run))
+    print(run_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def read(conn: Connection) -> tuple[Any, list[Any]]:
+        return queries.get_run(conn, args.run_id), queries.run_steps(conn, args.run_id)
+
+    run, steps = _transaction(read)
+    if run is None:
+        raise Failed(f"run {args.run_id} does not exist")
+    record = dict(run._mapping)
+    record["steps"] = [dict(step._mapping) for step in steps]
+    if args.json:
+        _print_json(record)
+        return 0
+    for name in (
+        "id",
+        "pipeline",
+        "status",
+        "attempt",
+        "max_attempts",
+        "priority",
+        "worker_id",
+        "created_at",
+        "run_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "key",
+        "code_version",
+        "params",
+        "result",
+        "error",
+    ):
+        value = record.get(name)
+        shown = json.dumps(value) if isinstance(value, dict | list) else _plain(value)
+        print(f"{name + ':':14} {'-' if shown is None else shown}")
+    if record["steps"]:
+        print("steps:")
+        _table(record["steps"], ["position", "name", "status", "attempt", "finished_at", "error"])
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    rows = _transaction(
+        lambda conn: queries.list_runs(conn, status=args.status, pipeline=args.pipeline, limit=args.limit)
+    )
+    records = [dict(row._mapping) for row in rows]
+    if args.json:
+        _print_json(records)
+    else:
+        _table(records, ["id", "pipeline", "status", "attempt", "worker_id", "created_at", "error"])
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    records = [dict(row._mapping) for row in _transaction(queries.list_workers)]
+    if args.json:
+        _print_json(records)
+    else:
+        for record in records:
+            record["state"] = "stopped" if record["stopped_at"] else "running"
+            record["heartbeat_age"] = f"{record['heartbeat_age_s']:.1f}s"
+        _table(records, ["id", "state", "concurrency", "running", "heartbeat_age", "version"])
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings()
+    rows = _transaction(lambda conn: queries.interrupted(conn, settings.stale_after))
+    records = [dict(row._mapping) for row in rows]
+    if args.json:
+        _print_json(records)
+    elif not records:
+        print("No interrupted runs.")
+    else:
+        print(f"{len(records)} interrupted run(s):")
+        _table(records, ["id", "pipeline", "worker_id", "heartbeat_at", "last_step"])
+    return 1 if records else 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not args.auto_resume:
+        rows = _transaction(lambda conn: queries.interrupted(conn, settings.stale_after))
+        if not rows:
+            print("No interrupted runs: nothing to recover.")
+            return 0
+        for row in rows:
+            action = "fail (attempts spent)" if row.attempt >= (row.max_attempts or 1) else "resume"
+            after = f" after step {row.last_step!r}" if row.last_step else " from the start"
+            print(f"would {action}: run {row.id} ({row.pipeline}){after}")
+        print("Run `orbit recover --auto-resume` to do it.")
+        return 0
+    rows = _transaction(lambda conn: recovery.recover_interrupted(conn, settings.stale_after))
+    for row in rows:
+        print(f"run {row.id} ({row.pipeline}): {row.status}")
+    print(f"Recovered {len(rows)} run(s).")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    settings = _settings()
+    row = _transaction(lambda conn: recovery.resume(conn, args.run_id, settings.stale_after))
+    print(f"run {row.id} ({row.pipeline}) is {row.status}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    def cancel(conn: Connection) -> tuple[str | None, Any]:
+        return queries.cancel(conn, args.run_id), queries.get_run(conn, args.run_id)
+
+    previous, run = _transaction(cancel)
+    if run is None:
+        raise Failed(f"run {args.run_id} does not exist")
+    if previous is None:
+        raise Failed(f"run {args.run_id} is {run.status}: only pending or running runs cancel")
+    when = "its worker stops it within a heartbeat" if previous == RunStatus.RUNNING else "at once"
+    print(f"run {args.run_id} cancelled ({when})")
+    return 0
+
+
+def parse_seconds(value: str) -> float:
+    return parse_duration(value, bare_unit="s").total_seconds()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

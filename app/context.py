@@ -1,0 +1,118 @@
+"""What a pipeline receives as ``ctx``: its run, durable steps, a logger and cooperation hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+from sqlalchemy import Engine
+
+from app import queries
+from app.errors import LeaseLost, StepError
+from app.queries import ClaimedRun
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ChildRuntime:
+    """Per-executor-process state shared by the contexts of the runs it executes."""
+
+    def __init__(self, worker_id: str, database_url: str) -> None:
+        self.worker_id = worker_id
+        self.database_url = database_url
+        self.stop_requested = False
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        # Opened on first use: a pipeline without steps never needs a connection.
+        if self._engine is None:
+            from app.database import make_engine
+
+            self._engine = make_engine(self.database_url, pool_size=1)
+        return self._engine
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def reset(self) -> None:
+        self.stop_requested = False
+
+
+class Context:
+    """The ``ctx`` of a pipeline call.
+
+    ``ctx.step(name, fn, *args, **kwargs)`` runs ``fn`` once per run: its JSON return value is
+    checkpointed before the next step starts, and a retried or resumed run gets the stored value
+    back instead of running ``fn`` again.
+    """
+
+    def __init__(self, run: ClaimedRun, runtime: ChildRuntime) -> None:
+        self.run_id = run.id
+        self.pipeline = run.pipeline
+        self.attempt = run.attempt
+        self.params = run.params
+        self.worker_id = runtime.worker_id
+        self.log = structlog.get_logger("orbit.pipeline").bind(
+            run_id=run.id, pipeline=run.pipeline, attempt=run.attempt, worker_id=runtime.worker_id
+        )
+        self._runtime = runtime
+        self._steps_seen: set[str] = set()
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the worker is shutting down: a long step may save its work and return."""
+        return self._runtime.stop_requested
+
+    def heartbeat(self) -> None:
+        """Confirm this worker still owns the run; raises :class:`LeaseLost` when it does not."""
+        with self._runtime.engine.begin() as conn:
+            held = queries.heartbeat(conn, self.worker_id, {self.run_id: self.attempt})
+        if self.run_id not in held:
+            raise LeaseLost(f"run {self.run_id} is no longer owned by worker {self.worker_id}")
+
+    def step(self, name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` as the durable step ``name`` and return its value."""
+        if name in self._steps_seen:
+            raise StepError(f"step {name!r} is used twice in run {self.run_id}: names must be unique")
+        position = len(self._steps_seen)
+        self._steps_seen.add(name)
+        with self._runtime.engine.connect() as conn:
+            done, output = queries.completed_step(conn, self.run_id, name)
+        if done:
+            self.log.debug("Step already completed", step=name)
+            return output  # type: ignore[no-any-return]
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            self._save(name, position, started, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        try:
+            queries.to_json(value)
+        except (TypeError, ValueError) as exc:
+            error = f"step {name!r} returned a value that is not JSON: {exc}"
+            self._save(name, position, started, status="failed", error=error)
+            raise StepError(error) from exc
+        self._save(name, position, started, status="succeeded", output=value)
+        return value
+
+    def _save(self, name: str, position: int, started: float, **values: Any) -> None:
+        values.setdefault("output", None)
+        values.setdefault("error", None)
+        with self._runtime.engine.begin() as conn:
+            saved = queries.save_step(
+                conn,
+                run_id=self.run_id,
+                name=name,
+                position=position,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+                elapsed=time.monotonic() - started,
+                **values,
+            )
+        if not saved:
+            raise LeaseLost(f"run {self.run_id} is no longer owned by worker {self.worker_id}")

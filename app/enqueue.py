@@ -1,0 +1,142 @@
+"""Enqueueing runs from Python: one at a time (optionally in the caller's transaction) or many."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from app import queries, registry
+from app.durations import parse_duration
+from app.queries import NewRun
+
+MAX_PARAMS_BYTES = 1024 * 1024
+
+
+class EnqueueError(ValueError):
+    """The run cannot be enqueued as asked; nothing was inserted. One line for the user."""
+
+
+@cache
+def default_engine() -> Engine:
+    """The engine of the configured database, for callers that pass no connection."""
+    from app.database import make_engine, resolve
+    from app.settings import load_settings
+
+    return make_engine(resolve(load_settings()).url)
+
+
+def enqueue(
+    pipeline: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    delay: float | str | timedelta | None = None,
+    max_attempts: int | None = None,
+    timeout: float | str | timedelta | None = None,
+    key: str | None = None,
+    connection: Connection | Session | None = None,
+) -> int:
+    """Enqueue one run of ``pipeline`` and return its id.
+
+    With ``connection`` (a SQLAlchemy Connection or Session) the run is inserted in the caller's
+    transaction: it exists only if the caller commits. ``delay`` and ``timeout`` are seconds or a
+    duration (``"5m"``). With ``key``, while a run with that key is pending or running, its id is
+    returned instead of inserting another.
+    """
+    run = new_run(pipeline, params, priority, delay, max_attempts, timeout, key, run_at)
+    if connection is not None:
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        return queries.insert_run(conn, run)
+    with default_engine().begin() as conn:
+        return queries.insert_run(conn, run)
+
+
+def enqueue_many(
+    runs: Iterable[tuple[str, Mapping[str, Any] | None]],
+    *,
+    priority: int = 0,
+    connection: Connection | Session | None = None,
+) -> list[int]:
+    """Enqueue many ``(pipeline, params)`` runs in one statement; all or nothing."""
+    batch = [new_run(name, params, priority) for name, params in runs]
+    if not batch:
+        return []
+    if connection is not None:
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        return queries.insert_runs(conn, batch)
+    with default_engine().begin() as conn:
+        return queries.insert_runs(conn, batch)
+
+
+def new_run(
+    pipeline: str,
+    params: Mapping[str, Any] | None,
+    priority: int = 0,
+    delay: float | str | timedelta | None = None,
+    max_attempts: int | None = None,
+    timeout: float | str | timedelta | None = None,
+    key: str | None = None,
+    run_at: datetime | None = None,
+) -> NewRun:
+    """Validate one run before anything touches the database."""
+    if not registry.all_pipelines():
+        registry.discover(_extra_modules())
+    try:
+        registry.get(pipeline)
+    except registry.RegistryError as exc:
+        raise EnqueueError(str(exc)) from None
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise EnqueueError(f"params must be a JSON object, not {type(params).__name__}")
+    _check_json(params)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
+        raise EnqueueError(f"priority must be a whole number, not {priority!r}")
+    if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
+        raise EnqueueError(f"max_attempts must be at least 1, not {max_attempts!r}")
+    return NewRun(
+        pipeline,
+        dict(params),
+        priority,
+        _seconds("delay", delay, allow_zero=True),
+        run_at,
+        max_attempts,
+        None if timeout is None else _seconds("timeout", timeout, allow_zero=False),
+        key,
+    )
+
+
+def _check_json(params: Mapping[str, Any]) -> None:
+    try:
+        encoded = queries.to_json(params)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EnqueueError(f"params are not valid JSON: {exc}") from None
+    if len(encoded.encode()) > MAX_PARAMS_BYTES:
+        raise EnqueueError(f"params are larger than {MAX_PARAMS_BYTES} bytes of JSON")
+    json.loads(encoded)  # surrogates and the like fail here rather than in the database
+
+
+def _seconds(name: str, value: float | str | timedelta | None, *, allow_zero: bool) -> float:
+    if value is None:
+        return 0.0
+    try:
+        seconds = parse_duration(value, bare_unit="s").total_seconds()
+    except ValueError:
+        raise EnqueueError(f"{name} must be seconds or a duration such as 30s, not {value!r}") from None
+    if not math.isfinite(seconds) or (seconds <= 0 and not allow_zero):
+        raise EnqueueError(f"{name} must be greater than zero, not {value!r}")
+    return seconds
+
+
+def _extra_modules() -> list[str]:
+    from app.settings import load_settings
+
+    return load_settings().pipeline_modules

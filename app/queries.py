@@ -1,0 +1,441 @@
+"""Every SQL statement of the queue, as bound-parameter statements with small typed helpers.
+
+Each state change is written "set X where the run is still in state Y (and still ours)", so a
+late, duplicate or zombie actor changes nothing. Lease arithmetic uses the database clock only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, text
+
+from app.states import RunStatus
+
+
+def to_json(value: Any) -> str:
+    """JSON text for a jsonb parameter; rejects NaN and the NUL character Postgres cannot store."""
+    encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if "\\u0000" in encoded:
+        raise ValueError("JSON text cannot contain the NUL character (\\u0000)")
+    return encoded
+
+
+# --- enqueue -------------------------------------------------------------------------------------
+
+_INSERT_RUN = text("""
+    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key)
+    VALUES (:pipeline, CAST(:params AS jsonb), :priority,
+            COALESCE(CAST(:run_at AS timestamptz), now() + make_interval(secs => :delay)),
+            :max_attempts, make_interval(secs => CAST(:timeout AS double precision)), :key)
+    ON CONFLICT (key) WHERE key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+    RETURNING id
+""")
+
+_LIVE_RUN_BY_KEY = text("""
+    SELECT id FROM runs WHERE key = :key AND status IN ('pending', 'running')
+""")
+
+_INSERT_MANY = text("""
+    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts)
+    SELECT v.pipeline, v.params, v.priority, now() + make_interval(secs => v.delay), v.max_attempts
+    FROM unnest(CAST(:pipelines AS text[]), CAST(:params AS jsonb[]), CAST(:priorities AS int[]),
+                CAST(:delays AS double precision[]), CAST(:max_attempts AS int[]))
+         AS v(pipeline, params, priority, delay, max_attempts)
+    RETURNING id
+""")
+
+
+@dataclass(frozen=True)
+class NewRun:
+    pipeline: str
+    params: dict[str, Any]
+    priority: int = 0
+    delay: float = 0.0
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    key: str | None = None
+
+
+def insert_run(conn: Connection, run: NewRun) -> int:
+    """Insert one run; with a key that is live already, return the live run's id."""
+    values = {
+        "pipeline": run.pipeline,
+        "params": to_json(run.params),
+        "priority": run.priority,
+        "run_at": run.run_at,
+        "delay": run.delay,
+        "max_attempts": run.max_attempts,
+        "timeout": run.timeout,
+        "key": run.key,
+    }
+    while True:
+        new_id = conn.execute(_INSERT_RUN, values).scalar()
+        if new_id is not None:
+            return int(new_id)
+        # The key is held by a live run; it may finish before we read it, then insert again.
+        existing = conn.execute(_LIVE_RUN_BY_KEY, {"key": run.key}).scalar()
+        if existing is not None:
+            return int(existing)
+
+
+def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
+    """Insert many runs in one statement (no keys, no timeouts: use insert_run for those)."""
+    result = conn.execute(
+        _INSERT_MANY,
+        {
+            "pipelines": [r.pipeline for r in runs],
+            "params": [to_json(r.params) for r in runs],
+            "priorities": [r.priority for r in runs],
+            "delays": [r.delay for r in runs],
+            "max_attempts": [r.max_attempts for r in runs],
+        },
+    )
+    return [int(i) for i in result.scalars()]
+
+
+# --- claim ---------------------------------------------------------------------------------------
+
+# The CTE fences the planner: the inner LIMIT is applied before the UPDATE, so a claim never
+# takes more rows than asked. Defaults of the pipeline are written into the row at claim time,
+# so SQL readers (and the rescuer, which has no registry) see the effective values.
+_CLAIM = text("""
+    WITH next AS (
+        SELECT id FROM runs
+        WHERE status = 'pending' AND run_at <= now() AND pipeline = ANY(:pipelines)
+        ORDER BY priority DESC, run_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE runs r
+    SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
+        started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
+        max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
+        timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
+    FROM next
+    WHERE r.id = next.id
+    RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts,
+              EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s
+""")
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    id: int
+    pipeline: str
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+
+
+def claim(
+    conn: Connection,
+    *,
+    worker_id: str,
+    limit: int,
+    defaults: dict[str, tuple[int, float]],
+    version: str,
+) -> list[ClaimedRun]:
+    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults``."""
+    rows = conn.execute(
+        _CLAIM,
+        {
+            "pipelines": list(defaults),
+            "limit": limit,
+            "worker_id": worker_id,
+            "defaults": json.dumps(defaults),
+            "version": version,
+        },
+    ).mappings()
+    return [ClaimedRun(**row) for row in rows]
+
+
+# --- outcomes (all fenced on run id + status running + worker + attempt) --------------------------
+
+_SUCCEED_MANY = text("""
+    UPDATE runs r
+    SET status = 'succeeded', result = v.result, finished_at = now(), error = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:results AS jsonb[]))
+         AS v(id, attempt, result)
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = :worker_id
+    RETURNING r.id
+""")
+
+_FAIL = text("""
+    UPDATE runs
+    SET status = :status,
+        run_at = CASE WHEN :status = 'pending' THEN now() + make_interval(secs => :delay) ELSE run_at END,
+        finished_at = CASE WHEN :status = 'pending' THEN NULL ELSE now() END,
+        attempt = attempt - :refund,
+        error = :error,
+        errors = CASE WHEN CAST(:entry AS jsonb) IS NULL THEN errors
+                      ELSE errors || jsonb_build_array(CAST(:entry AS jsonb)
+                                     || jsonb_build_object('at', now())) END
+    WHERE id = :id AND attempt = :attempt AND status = 'running' AND worker_id = :worker_id
+    RETURNING id
+""")
+
+
+@dataclass(frozen=True)
+class Success:
+    id: int
+    attempt: int
+    result_json: str
+
+
+def succeed_many(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:
+    """Mark runs succeeded; returns the ids this worker still owned (the others were not ours)."""
+    if not outcomes:
+        return set()
+    rows = conn.execute(
+        _SUCCEED_MANY,
+        {
+            "ids": [o.id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "results": [o.result_json for o in outcomes],
+            "worker_id": worker_id,
+        },
+    )
+    return {int(i) for i in rows.scalars()}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A non-success end of an attempt, already mapped to its next state by app.outcomes."""
+
+    id: int
+    attempt: int
+    status: RunStatus
+    delay: float = 0.0
+    refund: bool = False
+    error: str | None = None
+    entry: dict[str, Any] | None = None
+
+
+def apply_transition(conn: Connection, worker_id: str, t: Transition) -> bool:
+    """Apply one fenced transition; False when the run was no longer ours."""
+    row = conn.execute(
+        _FAIL,
+        {
+            "id": t.id,
+            "attempt": t.attempt,
+            "status": str(t.status),
+            "delay": t.delay,
+            "refund": int(t.refund),
+            "error": t.error,
+            "entry": None if t.entry is None else to_json(t.entry),
+            "worker_id": worker_id,
+        },
+    ).first()
+    return row is not None
+
+
+# --- heartbeats and the worker registry ------------------------------------------------------
+
+_REGISTER_WORKER = text("""
+    INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, pipelines, version)
+    VALUES (:id, :hostname, :pid, :concurrency, :pipeline_filter, :pipelines, :version)
+    ON CONFLICT (id) DO UPDATE
+    SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now(),
+        stopped_at = NULL, concurrency = EXCLUDED.concurrency,
+        pipeline_filter = EXCLUDED.pipeline_filter, pipelines = EXCLUDED.pipelines,
+        version = EXCLUDED.version
+""")
+
+_WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
+
+_RUNS_HEARTBEAT = text("""
+    UPDATE runs r SET heartbeat_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = :worker_id
+    RETURNING r.id
+""")
+
+_STOP_WORKER = text("UPDATE workers SET stopped_at = now(), heartbeat_at = now() WHERE id = :worker_id")
+
+_PRUNE_WORKERS = text("""
+    DELETE FROM workers
+    WHERE COALESCE(stopped_at, heartbeat_at) < now() - make_interval(secs => :retention)
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.worker_id = workers.id AND runs.status = 'running')
+""")
+
+
+def register_worker(conn: Connection, **values: Any) -> None:
+    conn.execute(_REGISTER_WORKER, values)
+
+
+def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
+    """Beat for the worker and every run it holds (one statement); returns the runs still ours."""
+    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id})
+    if not held:
+        return set()
+    rows = conn.execute(
+        _RUNS_HEARTBEAT,
+        {"ids": list(held), "attempts": list(held.values()), "worker_id": worker_id},
+    )
+    return {int(i) for i in rows.scalars()}
+
+
+def stop_worker(conn: Connection, worker_id: str) -> None:
+    conn.execute(_STOP_WORKER, {"worker_id": worker_id})
+
+
+def prune_workers(conn: Connection, retention: timedelta) -> int:
+    return conn.execute(_PRUNE_WORKERS, {"retention": retention.total_seconds()}).rowcount
+
+
+# --- interrupted runs, recovery, resume, cancel --------------------------------------------------
+
+_INTERRUPTED_WHERE = """
+    r.status = 'running'
+    AND (r.heartbeat_at IS NULL OR r.heartbeat_at < now() - make_interval(secs => :stale)
+         OR w.stopped_at IS NOT NULL)
+"""
+
+_INTERRUPTED = text(f"""
+    SELECT r.id, r.pipeline, r.worker_id, r.attempt, r.max_attempts, r.heartbeat_at,
+           (SELECT s.name FROM run_steps s
+            WHERE s.run_id = r.id AND s.status = 'succeeded'
+            ORDER BY s.position DESC LIMIT 1) AS last_step
+    FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+    WHERE {_INTERRUPTED_WHERE}
+    ORDER BY r.id
+""")
+
+# One transaction; SKIP LOCKED and the re-checked status make concurrent recoveries resume a
+# run once. The interrupted attempt counts: a run that kills its worker every time ends failed.
+_RECOVER = text(f"""
+    WITH victims AS (
+        SELECT r.id FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+        WHERE {_INTERRUPTED_WHERE} AND (CAST(:only_id AS bigint) IS NULL OR r.id = :only_id)
+        FOR UPDATE OF r SKIP LOCKED
+    )
+    UPDATE runs r
+    SET status = CASE WHEN r.attempt >= COALESCE(r.max_attempts, 1) THEN 'failed' ELSE 'pending' END,
+        run_at = now(),
+        finished_at = CASE WHEN r.attempt >= COALESCE(r.max_attempts, 1) THEN now() END,
+        error = 'interrupted: worker ' || r.worker_id || ' stopped heartbeating',
+        errors = r.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', r.attempt, 'kind', 'interrupted', 'type', 'WorkerLost',
+            'message', 'worker ' || r.worker_id || ' stopped heartbeating', 'at', now()))
+    FROM victims
+    WHERE r.id = victims.id AND r.status = 'running'
+    RETURNING r.id, r.pipeline, r.status, r.attempt, r.worker_id
+""")
+
+_RESUME_FINISHED = text("""
+    UPDATE runs
+    SET status = 'pending', run_at = now(), finished_at = NULL,
+        max_attempts = GREATEST(COALESCE(max_attempts, 1), attempt + 1)
+    WHERE id = :id AND status IN ('failed', 'timed_out')
+    RETURNING id, pipeline, status, attempt, worker_id
+""")
+
+_CANCEL = text("""
+    WITH before AS (SELECT id, status FROM runs WHERE id = :id FOR UPDATE)
+    UPDATE runs r SET status = 'cancelled', finished_at = now(), error = 'cancelled'
+    FROM before
+    WHERE r.id = before.id AND before.status IN ('pending', 'running')
+    RETURNING before.status AS previous
+""")
+
+
+def interrupted(conn: Connection, stale_after: timedelta) -> list[Row[Any]]:
+    return list(conn.execute(_INTERRUPTED, {"stale": stale_after.total_seconds()}))
+
+
+def recover(conn: Connection, stale_after: timedelta, only_id: int | None = None) -> list[Row[Any]]:
+    params = {"stale": stale_after.total_seconds(), "only_id": only_id}
+    return list(conn.execute(_RECOVER, params))
+
+
+def resume_finished(conn: Connection, run_id: int) -> Row[Any] | None:
+    return conn.execute(_RESUME_FINISHED, {"id": run_id}).first()
+
+
+def cancel(conn: Connection, run_id: int) -> str | None:
+    """Cancel a pending or running run; returns its previous status, None if nothing changed."""
+    previous = conn.execute(_CANCEL, {"id": run_id}).scalar()
+    return None if previous is None else str(previous)
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+_STEP_DONE = text("""
+    SELECT output FROM run_steps WHERE run_id = :run_id AND name = :name AND status = 'succeeded'
+""")
+
+_SAVE_STEP = text("""
+    INSERT INTO run_steps (run_id, name, position, status, output, error, attempt, started_at, finished_at)
+    SELECT :run_id, :name, :position, :status, CAST(:output AS jsonb), :error, :attempt,
+           now() - make_interval(secs => :elapsed), now()
+    WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND status = 'running'
+                  AND attempt = :attempt AND worker_id = :worker_id)
+    ON CONFLICT (run_id, name) DO UPDATE
+    SET position = EXCLUDED.position, status = EXCLUDED.status, output = EXCLUDED.output,
+        error = EXCLUDED.error, attempt = EXCLUDED.attempt, started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at
+    RETURNING 1
+""")
+
+
+def completed_step(conn: Connection, run_id: int, name: str) -> tuple[bool, Any]:
+    """(True, output) when the step succeeded in an earlier attempt."""
+    row = conn.execute(_STEP_DONE, {"run_id": run_id, "name": name}).first()
+    return (False, None) if row is None else (True, row.output)
+
+
+def save_step(conn: Connection, **values: Any) -> bool:
+    """Checkpoint a step, fenced on the run's lease; False when the run is no longer ours."""
+    values["output"] = None if values.get("output") is None else to_json(values["output"])
+    return conn.execute(_SAVE_STEP, values).first() is not None
+
+
+# --- inspection ----------------------------------------------------------------------------------
+
+_GET_RUN = text("SELECT * FROM runs WHERE id = :id")
+_RUN_STEPS = text("SELECT * FROM run_steps WHERE run_id = :id ORDER BY position")
+_LIST_RUNS = text("""
+    SELECT id, pipeline, status, attempt, max_attempts, priority, worker_id,
+           created_at, started_at, finished_at, error
+    FROM runs
+    WHERE (CAST(:status AS text) IS NULL OR status = :status)
+      AND (CAST(:pipeline AS text) IS NULL OR pipeline LIKE :pipeline)
+    ORDER BY id DESC LIMIT :limit
+""")
+_LIST_WORKERS = text("""
+    SELECT w.*, (SELECT count(*) FROM runs r WHERE r.worker_id = w.id AND r.status = 'running')
+           AS running,
+           EXTRACT(EPOCH FROM now() - w.heartbeat_at)::double precision AS heartbeat_age_s
+    FROM workers w ORDER BY w.started_at DESC
+""")
+_RUNNABLE_COUNT = text("""
+    SELECT count(*) FROM runs WHERE status = 'pending' AND run_at <= now() AND pipeline = ANY(:pipelines)
+""")
+
+
+def get_run(conn: Connection, run_id: int) -> Row[Any] | None:
+    return conn.execute(_GET_RUN, {"id": run_id}).first()
+
+
+def run_steps(conn: Connection, run_id: int) -> list[Row[Any]]:
+    return list(conn.execute(_RUN_STEPS, {"id": run_id}))
+
+
+def list_runs(conn: Connection, *, status: str | None, pipeline: str | None, limit: int) -> list[Row[Any]]:
+    like = None if pipeline is None else pipeline.replace("*", "%").replace("?", "_")
+    return list(conn.execute(_LIST_RUNS, {"status": status, "pipeline": like, "limit": limit}))
+
+
+def list_workers(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(_LIST_WORKERS))
+
+
+def runnable_count(conn: Connection, pipelines: Sequence[str]) -> int:
+    return int(conn.execute(_RUNNABLE_COUNT, {"pipelines": list(pipelines)}).scalar() or 0)

@@ -1,0 +1,76 @@
+"""Interrupted runs: finding them, resuming them, and the rescuer that does it on its own.
+
+A run is interrupted when it is ``running`` and its heartbeat is older than ``STALE_AFTER``, or
+its worker registered itself as stopped. Recovery never executes anything: it puts the run back to
+``pending``, so every resumed run passes through the one atomic claim, and completed steps are not
+executed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Row, text
+
+from app import queries
+from app.states import RESUMABLE, RunStatus
+
+log = structlog.get_logger("orbit.recovery")
+
+# One rescuer at a time across the fleet: a transaction-level advisory lock.
+_RESCUER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
+
+
+class ResumeError(Exception):
+    """A run cannot be resumed; the message is one line for the user."""
+
+
+def recover_interrupted(conn: Connection, stale_after: timedelta) -> list[Row[Any]]:
+    """Put every interrupted run back to pending (or failed when its attempts are spent)."""
+    rows = queries.recover(conn, stale_after)
+    for row in rows:
+        log.warning(
+            "Recovered interrupted run",
+            run_id=row.id,
+            pipeline=row.pipeline,
+            attempt=row.attempt,
+            worker_id=row.worker_id,
+            status=row.status,
+        )
+    return rows
+
+
+def resume(conn: Connection, run_id: int, stale_after: timedelta) -> Row[Any]:
+    """Resume one run: an interrupted one, or a failed or timed-out one on request."""
+    rows = queries.recover(conn, stale_after, only_id=run_id)
+    if rows:
+        return rows[0]
+    row = queries.resume_finished(conn, run_id)
+    if row is not None:
+        return row
+    current = queries.get_run(conn, run_id)
+    if current is None:
+        raise ResumeError(f"run {run_id} does not exist")
+    if current.status == RunStatus.RUNNING:
+        raise ResumeError(f"run {run_id} is running and its worker is alive: nothing to resume")
+    resumable = ", ".join(sorted(RESUMABLE))
+    raise ResumeError(f"run {run_id} is {current.status}: only interrupted, {resumable} runs resume")
+
+
+@dataclass
+class Rescuer:
+    """Background service of every worker: recovers interrupted runs, prunes dead workers."""
+
+    stale_after: timedelta
+    worker_retention: timedelta
+
+    def run_once(self, conn: Connection) -> int | None:
+        """One pass in the caller's transaction; None when another worker holds the lock."""
+        if not conn.execute(_RESCUER_LOCK).scalar():
+            return None
+        recovered = recover_interrupted(conn, self.stale_after)
+        queries.prune_workers(conn, self.worker_retention)
+        return len(recovered)

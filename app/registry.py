@@ -1,0 +1,93 @@
+"""Pipelines: the ``@pipeline`` decorator and discovery of the modules that define them."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from app.durations import parse_duration
+
+if TYPE_CHECKING:
+    from app.context import Context
+
+PipelineFn = Callable[["Context", dict[str, Any]], Any]
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class RegistryError(Exception):
+    """A pipeline cannot be registered or found; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    fn: PipelineFn
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: timedelta | None = None
+    where: str = field(default="", compare=False)
+
+
+_registry: dict[str, Pipeline] = {}
+
+
+def pipeline(
+    name: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | str | None = None
+) -> Callable[[PipelineFn], PipelineFn]:
+    """Register ``fn(ctx, params)`` as the pipeline ``name``.
+
+    ``timeout`` is in seconds (or a duration such as ``"10m"``); without it the worker's
+    ``MAX_EXECUTION_TIMEOUT`` applies. ``max_attempts`` counts the first attempt.
+    """
+    if not name or len(name) > 200:
+        raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
+    if max_attempts < 1:
+        raise RegistryError(f"pipeline {name}: max_attempts must be at least 1")
+    limit = None if timeout is None else parse_duration(timeout, bare_unit="s")
+    if limit is not None and limit <= timedelta(0):
+        raise RegistryError(f"pipeline {name}: timeout must be greater than zero")
+
+    def register(fn: PipelineFn) -> PipelineFn:
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        existing = _registry.get(name)
+        if existing is not None and existing.where != where:
+            raise RegistryError(f"pipeline {name!r} is defined twice: in {existing.where} and in {where}")
+        _registry[name] = Pipeline(name, fn, max_attempts, limit, where)
+        return fn
+
+    return register
+
+
+def get(name: str) -> Pipeline:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise RegistryError(f"unknown pipeline {name!r}") from None
+
+
+def all_pipelines() -> dict[str, Pipeline]:
+    return dict(_registry)
+
+
+def discover(extra_modules: Iterable[str] = ()) -> dict[str, Pipeline]:
+    """Import every module of ``app.pipelines`` and each of ``extra_modules``."""
+    package = importlib.import_module("app.pipelines")
+    names = [info.name for info in pkgutil.walk_packages(package.__path__, "app.pipelines.")]
+    for module in [*names, *extra_modules]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise RegistryError(f"cannot import pipeline module {module!r}: {exc}") from None
+    return all_pipelines()
+
+
+def describe(fn: PipelineFn) -> str:
+    try:
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return fn.__qualname__

@@ -1,0 +1,144 @@
+"""Typed settings: the only place that reads the environment (and an optional ``.env``).
+
+Settings are read once, at start-up, by :func:`load_settings`, and passed down. A bad value stops
+the program with one line naming the variable, the value and what was expected (exit status 2).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.durations import EXPECTED as DURATION_EXPECTED
+from app.durations import parse_duration
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _duration_ms(value: Any) -> timedelta:
+    return parse_duration(value, bare_unit="ms")
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration_ms)]
+
+
+class Settings(BaseSettings):
+    """Every setting of Orbit; durations are milliseconds when a bare number."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    DATABASE_URL: str | None = None
+    DIRECT_URL: str | None = None
+    DATA_DIR: Path = Path(".orbit")
+
+    POLL_INTERVAL: Duration = timedelta(milliseconds=5000)
+    METRICS_INTERVAL: Duration = timedelta(milliseconds=60_000)
+    MAX_EXECUTION_TIMEOUT: Duration = timedelta(milliseconds=600_000)
+    HEARTBEAT_INTERVAL: Duration = timedelta(seconds=5)
+    STALE_AFTER: Duration | None = None
+    RECOVERY_INTERVAL: Duration = timedelta(seconds=30)
+    WORKER_RETENTION: Duration = timedelta(days=1)
+    SHUTDOWN_GRACE: Duration = timedelta(seconds=30)
+    RETRY_BACKOFF_BASE: Duration = timedelta(seconds=2)
+    RETRY_BACKOFF_MAX: Duration = timedelta(minutes=10)
+
+    LOG_LEVEL: str = "info"
+    LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
+    LOGS_DIR: Path = Path("logs")
+    LOG_MAX_BYTES: int = Field(default=10 * 1024 * 1024, ge=0)
+    LOG_BACKUPS: int = Field(default=10, ge=0)
+
+    WORKER_CONCURRENCY: int = Field(default=2, ge=1, le=1024)
+    WORKER_ID: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    PIPELINE_FILTER: str = "*"
+    ORBIT_PIPELINES: str = ""
+    ORBIT_CODE_VERSION: str = ""
+
+    METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    METRICS_HOST: str = "127.0.0.1"
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> str:
+        level = str(value).strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("PIPELINE_FILTER")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        if not value.strip() or value.count("[") != value.count("]"):
+            raise ValueError("a glob such as analytics-* or *")
+        return value.strip()
+
+    @field_validator("DATABASE_URL", "DIRECT_URL", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> str | None:
+        if value is None or str(value).strip() == "":
+            return None
+        url = str(value).strip()
+        if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError("a postgresql:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _positive_intervals(self) -> Settings:
+        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "SHUTDOWN_GRACE"):
+            if getattr(self, name) <= timedelta(0) and name != "SHUTDOWN_GRACE":
+                raise ValueError(f"{name}: must be greater than zero")
+        return self
+
+    @property
+    def stale_after(self) -> timedelta:
+        """How long a run's heartbeat may be silent before the run counts as interrupted."""
+        return self.STALE_AFTER or 3 * self.HEARTBEAT_INTERVAL
+
+    @property
+    def pipeline_modules(self) -> list[str]:
+        return [m.strip() for m in self.ORBIT_PIPELINES.split(",") if m.strip()]
+
+    def matches_filter(self, pipeline: str) -> bool:
+        return fnmatch.fnmatchcase(pipeline, self.PIPELINE_FILTER)
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line for the user."""
+
+
+def _describe(error: dict[str, Any]) -> str:
+    name = str(error["loc"][0]) if error.get("loc") else "settings"
+    value = error.get("input")
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if "duration" in message or name.endswith(("INTERVAL", "TIMEOUT", "GRACE", "AFTER")):
+        message = message if message.startswith("a duration") else DURATION_EXPECTED
+    if isinstance(value, dict):
+        return f"invalid setting: {message}"
+    return f"invalid setting {name}={value!r}: expected {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; raise :class:`SettingsError` with a one-line message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(dict(exc.errors()[0]))) from None
+
+
+def load_settings_or_exit(**overrides: Any) -> Settings:
+    """As :func:`load_settings`, for entry points: print the error and exit with status 2."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"orbit: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,468 @@
+"""The worker: claims runs, executes them in its executor pool, and records their outcomes.
+
+One thread drives everything from a single loop (claim, collect outcomes, enforce time limits,
+heartbeat, rescue, report) so there is no shared state to lock. It sleeps in one ``wait`` on the
+executors' pipes and a wake-up pipe that signals and the LISTEN thread write to. No transaction is
+open while a pipeline runs: each database step is its own short transaction. Outcomes are
+buffered and written in one statement per loop turn; when the database is away they stay in
+memory and are written when it is back.
+
+Run it with ``python -m app.worker`` or ``orbit worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import __version__, logs, queries
+from app.database import Database, DatabaseError, check_schema, make_engine, migrate, resolve
+from app.executor import ChildConfig, ExecutorPool, Outcome
+from app.notifier import Notifier
+from app.outcomes import Backoff, Failure, release, transition_for
+from app.queries import ClaimedRun, Success, Transition
+from app.recovery import Rescuer
+from app.registry import Pipeline, RegistryError, discover
+from app.settings import Settings, load_settings_or_exit
+from app.states import ErrorKind
+from app.stats import WorkerStats
+
+log = structlog.get_logger("orbit.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class Options:
+    """What the command line may override for one worker process."""
+
+    concurrency: int
+    worker_id: str
+    pipeline_filter: str
+    burst: bool = False
+
+
+@dataclass
+class _Every:
+    """A periodic duty of the loop, due every ``interval`` seconds (never when 0)."""
+
+    interval: float
+    due: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        if self.interval <= 0 or now < self.due:
+            return False
+        self.due = now + self.interval
+        return True
+
+    def remaining(self, now: float) -> float:
+        return float("inf") if self.interval <= 0 else max(0.0, self.due - now)
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    database: Database
+    pipelines: dict[str, Pipeline]
+    options: Options
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.engine: Engine = make_engine(self.database.url, pool_size=2)
+        self.backoff = Backoff(s.RETRY_BACKOFF_BASE, s.RETRY_BACKOFF_MAX)
+        self.version = __version__ + (f"+{s.ORBIT_CODE_VERSION}" if s.ORBIT_CODE_VERSION else "")
+        timeout_default = s.MAX_EXECUTION_TIMEOUT.total_seconds()
+        self.defaults = {
+            name: (p.max_attempts, p.timeout.total_seconds() if p.timeout else timeout_default)
+            for name, p in self.pipelines.items()
+        }
+        self.pool = ExecutorPool(
+            self.options.concurrency,
+            ChildConfig(
+                self.options.worker_id,
+                self.database.url,
+                tuple(s.pipeline_modules),
+                s.LOG_LEVEL,
+            ),
+            on_log=logs.relay,
+        )
+        self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION)
+        self.log = log.bind(worker_id=self.options.worker_id)
+        self._successes: list[Success] = []
+        self._transitions: list[Transition] = []
+        self._unwritten: dict[int, int] = {}  # run id -> attempt, outcome not yet in the database
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._signals = 0
+        self._stop_deadline: float | None = None
+        self._db_retry_at = 0.0
+        self._db_failures = 0
+        self._next_poll = 0.0
+        self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
+        self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
+        report_every = s.METRICS_INTERVAL.total_seconds()
+        self._report = _Every(report_every, time.monotonic() + report_every)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (or, with ``burst``, until nothing is runnable); returns 0."""
+        self._install_signals()
+        self.pool.start()
+        notifier = Notifier(self.database.direct_url, self.wake)
+        try:
+            self._register()
+            notifier.start()
+            self.log.info(
+                "Worker started",
+                concurrency=self.options.concurrency,
+                pipelines=sorted(self.defaults),
+                poll_interval_ms=int(self.settings.POLL_INTERVAL.total_seconds() * 1000),
+            )
+            self._loop()
+        finally:
+            notifier.stop()
+            self._finish()
+        return 0
+
+    def wake(self) -> None:
+        """Poll at once (a new run was announced)."""
+        self._next_poll = 0.0
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"w")
+
+    def request_stop(self, *_: Any) -> None:
+        """First call: graceful stop within the grace. Second call: stop now."""
+        self._signals += 1
+        now = time.monotonic()
+        if self._signals == 1:
+            self._stop_deadline = now + self.settings.SHUTDOWN_GRACE.total_seconds()
+            self.pool.ask_to_stop()
+            self.log.info("Shutting down: no new runs", runs_in_flight=len(self.pool.busy))
+        else:
+            self._stop_deadline = now
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_deadline is not None
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _register(self) -> None:
+        def register(conn: Connection) -> bool:
+            queries.register_worker(
+                conn,
+                id=self.options.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.options.concurrency,
+                pipeline_filter=self.options.pipeline_filter,
+                pipelines=sorted(self.defaults),
+                version=self.version,
+            )
+            return True
+
+        while self._db(register) is None and not self.stopping:
+            self._sleep(self._db_retry_at - time.monotonic())
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._step(time.monotonic()):
+            self._wait(time.monotonic())
+            self._after_wait(time.monotonic())
+
+    def _step(self, now: float) -> bool:
+        """Claim what fits, or advance the shutdown; True when the loop should end."""
+        if self.stopping:
+            if now >= (self._stop_deadline or now):
+                self._release_in_flight()
+            return not self.pool.busy
+        if self.pool.free and now >= self._next_poll:
+            return self._claim_and_submit(now) == 0 and self._burst_done()
+        return False
+
+    def _burst_done(self) -> bool:
+        return self.options.burst and not self.pool.busy and not self._unwritten
+
+    def _claim_and_submit(self, now: float) -> int | None:
+        if now < self._db_retry_at:
+            return None
+        if self.options.burst:
+            # Burst mode exits when nothing is runnable; never let it wait a poll interval.
+            self._next_poll = now
+        else:
+            self._next_poll = now + self.settings.POLL_INTERVAL.total_seconds()
+        self.log.debug("Worker polling...")
+        claimed = self._db(self._claim)
+        if claimed is None:
+            return None
+        for run in claimed:
+            self.pool.submit(run)
+            self.log.info("Run started", **_run_fields(run))
+        if claimed:
+            self._next_poll = now  # found work: poll again as soon as a slot is free
+        return len(claimed)
+
+    def _claim(self, conn: Connection) -> list[ClaimedRun]:
+        return queries.claim(
+            conn,
+            worker_id=self.options.worker_id,
+            limit=self.pool.free,
+            defaults=self.defaults,
+            version=self.version,
+        )
+
+    def _wait(self, now: float) -> None:
+        timeout = min(
+            self._heartbeat.remaining(now),
+            self._rescue.remaining(now),
+            self._report.remaining(now),
+            1.0,
+        )
+        if self.pool.free and not self.stopping:
+            timeout = min(timeout, max(0.0, self._next_poll - now))
+        deadline = self.pool.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - now))
+        if self.stopping and self._stop_deadline is not None:
+            timeout = min(timeout, max(0.0, self._stop_deadline - now))
+        if self._unwritten:
+            timeout = min(timeout, max(0.0, self._db_retry_at - now))
+        ready = wait([*self.pool.connections(), self._wake_r], timeout)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        for outcome in self.pool.collect(ready):
+            self._record(outcome)
+
+    def _after_wait(self, now: float) -> None:
+        for outcome in self.pool.expire(now):
+            self._record(outcome)
+        self._flush()
+        if self._heartbeat.ready(now):
+            self._beat()
+        if self._rescue.ready(now) and not self.stopping:
+            self._db(self.rescuer.run_once)
+        if self._report.ready(now):
+            self.log.info("Worker Metrics Report", **self.stats.report(now))
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        run = outcome.run
+        fields = _run_fields(run)
+        if outcome.failure is None:
+            self._successes.append(Success(run.id, run.attempt, outcome.result_json or "null"))
+            self.stats.record(success=True, duration=outcome.duration)
+            self.log.info("Run succeeded", duration_ms=round(outcome.duration * 1000), **fields)
+        else:
+            transition = transition_for(run, outcome.failure, self.backoff)
+            self._transitions.append(transition)
+            if outcome.failure.snooze is None:
+                self.stats.record(success=False, duration=outcome.duration)
+            self._log_failure(outcome.failure, transition, fields)
+        self._unwritten[run.id] = run.attempt
+
+    def _log_failure(self, failure: Failure, t: Transition, fields: dict[str, Any]) -> None:
+        if failure.snooze is not None:
+            self.log.info("Run snoozed", delay_s=failure.snooze, **fields)
+            return
+        level = "warning" if t.status == "pending" else "error"
+        getattr(self.log, level)(
+            "Run failed" if t.status != "pending" else "Run will be retried",
+            kind=str(failure.kind),
+            error=failure.summary,
+            status=str(t.status),
+            retry_in_s=round(t.delay, 3) if t.status == "pending" else None,
+            **fields,
+        )
+
+    def _flush(self) -> None:
+        if not (self._successes or self._transitions) or time.monotonic() < self._db_retry_at:
+            return
+        successes, transitions = self._successes, self._transitions
+        owned = self._db(lambda conn: self._write(conn, successes, transitions))
+        if owned is None:
+            return
+        for run_id in {s.id for s in successes} | {t.id for t in transitions}:
+            self._unwritten.pop(run_id, None)
+            if run_id not in owned:
+                self.log.warning(
+                    "Late outcome rejected: the run is no longer owned by this worker",
+                    run_id=run_id,
+                )
+        self._successes, self._transitions = [], []
+
+    def _write(self, conn: Connection, successes: list[Success], transitions: list[Transition]) -> set[int]:
+        owned = queries.succeed_many(conn, self.options.worker_id, successes)
+        for t in transitions:
+            if queries.apply_transition(conn, self.options.worker_id, t):
+                owned.add(t.id)
+        return owned
+
+    def _release_in_flight(self) -> None:
+        lost = Failure(ErrorKind.INTERRUPTED, "Shutdown", "worker shut down")
+        for outcome in self.pool.stop_all(lost):
+            self._transitions.append(release(outcome.run))
+            self._unwritten[outcome.run.id] = outcome.run.attempt
+            self.log.warning("Run released at shutdown", **_run_fields(outcome.run))
+
+    # --- heartbeat ---------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        held = {run.id: run.attempt for run in self.pool.busy}
+        still_ours = self._db(lambda conn: queries.heartbeat(conn, self.options.worker_id, held))
+        if still_ours is None:
+            return
+        for run_id in set(held) - still_ours:
+            # Cancelled, or rescued by another worker while this one was unreachable.
+            gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
+            outcome = self.pool.stop(run_id, gone)
+            if outcome is not None:
+                self.log.warning("Run stopped: cancelled or taken over elsewhere", **_run_fields(outcome.run))
+
+    # --- database access ---------------------------------------------------------------------
+
+    def _db(self, action: Callable[[Connection], T]) -> T | None:
+        """Run ``action`` in a short transaction; on database trouble log, back off, return None."""
+        now = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                result = action(conn)
+        except SQLAlchemyError as exc:
+            self._db_failures += 1
+            delay = min(30.0, 0.25 * 2**self._db_failures)
+            self._db_retry_at = now + delay
+            self.log.error("Database error; will retry", error=_one_line(exc), retry_in_s=round(delay, 2))
+            return None
+        if self._db_failures:
+            self.log.info("Database is reachable again", after_failures=self._db_failures)
+        self._db_failures = 0
+        self._db_retry_at = 0.0
+        return result
+
+    def _sleep(self, seconds: float) -> None:
+        wait([self._wake_r], max(0.0, seconds))
+
+    def _finish(self) -> None:
+        deadline = time.monotonic() + 10
+        while (self._successes or self._transitions) and time.monotonic() < deadline:
+            self._flush()
+            if self._successes or self._transitions:
+                self._sleep(min(1.0, self._db_retry_at - time.monotonic()))
+        if self._unwritten:
+            self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
+        self._db(lambda conn: queries.stop_worker(conn, self.options.worker_id))
+        self.pool.close()
+        self.engine.dispose()
+        self.log.info("Worker stopped", **self.stats.report())
+
+
+def _run_fields(run: ClaimedRun) -> dict[str, Any]:
+    return {"run_id": run.id, "pipeline": run.pipeline, "attempt": run.attempt}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, help="runs at once (WORKER_CONCURRENCY)")
+    parser.add_argument("--worker-id", help="this worker's id (WORKER_ID, default host:pid)")
+    parser.add_argument("--pipelines", metavar="GLOB", help="only these pipelines (PIPELINE_FILTER)")
+    parser.add_argument(
+        "--burst", action="store_true", help="exit 0 once nothing is runnable (for cron and tests)"
+    )
+
+
+def start(args: argparse.Namespace) -> int:
+    overrides = {
+        name: value
+        for name, value in (
+            ("WORKER_CONCURRENCY", args.concurrency),
+            ("WORKER_ID", args.worker_id),
+            ("PIPELINE_FILTER", args.pipelines),
+        )
+        if value is not None
+    }
+    settings = load_settings_or_exit(**overrides)
+    logs.configure(
+        settings.LOG_LEVEL,
+        settings.LOG_FORMAT,
+        settings.LOGS_DIR,
+        settings.LOG_MAX_BYTES,
+        settings.LOG_BACKUPS,
+    )
+    try:
+        worker = build(settings, burst=args.burst)
+    except (RegistryError, DatabaseError) as exc:
+        log.error(str(exc))
+        print(f"orbit: {exc}", file=sys.stderr)
+        return 2
+    return worker.run()
+
+
+def build(settings: Settings, *, burst: bool = False) -> Worker:
+    """A ready worker: pipelines loaded, database resolved and its schema checked."""
+    loaded = discover(settings.pipeline_modules)
+    pipelines = {name: p for name, p in loaded.items() if settings.matches_filter(name)}
+    for name in sorted(pipelines):
+        log.info(f"Loaded pipeline: {name}")
+    if not pipelines:
+        raise RegistryError(
+            f"no pipeline matches PIPELINE_FILTER={settings.PIPELINE_FILTER!r}: nothing to run"
+        )
+    database = connect(settings)
+    options = Options(settings.WORKER_CONCURRENCY, settings.WORKER_ID, settings.PIPELINE_FILTER, burst)
+    return Worker(settings, database, pipelines, options)
+
+
+def connect(settings: Settings) -> Database:
+    """Resolve the database, check it answers and that its schema is current."""
+    try:
+        database = resolve(settings)
+    except Exception as exc:
+        raise DatabaseError(f"cannot start the embedded database: {_one_line(exc)}") from None
+    log.info("Using database", url=database.masked, embedded=database.embedded)
+    if database.embedded:
+        migrate(database.direct_url)
+    engine = make_engine(database.url, pool_size=1)
+    try:
+        check_schema(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot reach the database {database.masked}: {_one_line(exc)}") from None
+    finally:
+        engine.dispose()
+    return database
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return start(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
