@@ -121,7 +121,7 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (or, with ``burst``, until nothing is runnable); returns 0."""
-        self._install_signals()
+        restore_signals = self._install_signals()
         self.pool.start()
         notifier = Notifier(self.database.direct_url, self.wake)
         try:
@@ -137,6 +137,9 @@ class Worker:
         finally:
             notifier.stop()
             self._finish()
+            restore_signals()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         return 0
 
     def wake(self) -> None:
@@ -160,10 +163,17 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop_deadline is not None
 
-    def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+    def _install_signals(self) -> Callable[[], None]:
+        """Route SIGTERM and SIGINT to :meth:`request_stop`; returns what restores the old ones."""
+        old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        old = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def _register(self) -> None:
         def register(conn: Connection) -> bool:

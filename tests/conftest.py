@@ -1,0 +1,165 @@
+"""Fixtures: one real PostgreSQL per test session, a migrated database, a clean slate per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from app import queries
+from app.database import libpq_url, make_engine, migrate
+from app.settings import Settings, load_settings
+from tests.support import database as test_database
+from tests.support.pipelines import SIDE_TABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PIPELINES = "tests.support.pipelines"
+
+# The test pipelines must be registered in this process too (enqueue validates names).
+import tests.support.pipelines  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with test_database.server_url(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def database_url(server: str) -> Iterator[str]:
+    with test_database.fresh_database(server) as url:
+        migrate(url)
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(SIDE_TABLE))
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+def session_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(session_engine: Engine) -> Engine:
+    """The test database, emptied before the test."""
+    with session_engine.begin() as conn:
+        conn.execute(text("TRUNCATE runs, run_steps, workers, executions RESTART IDENTITY CASCADE"))
+    return session_engine
+
+
+@pytest.fixture
+def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for an in-process worker: fast polling, the test pipelines, logs in tmp_path."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "ORBIT_PIPELINES": TEST_PIPELINES,
+            "LOGS_DIR": tmp_path / "logs",
+            "POLL_INTERVAL": "50ms",
+            "HEARTBEAT_INTERVAL": "200ms",
+            "RECOVERY_INTERVAL": "0",
+            "METRICS_INTERVAL": "1h",
+            "RETRY_BACKOFF_BASE": "10ms",
+            "RETRY_BACKOFF_MAX": "20ms",
+            "SHUTDOWN_GRACE": "5s",
+            "WORKER_ID": f"test-worker-{os.getpid()}",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for worker and CLI subprocesses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORBIT_", "DATABASE_URL"))}
+    env.update(
+        DATABASE_URL=database_url,
+        ORBIT_PIPELINES=TEST_PIPELINES,
+        ORBIT_TEST_SIDE_URL=libpq_url(database_url),
+        LOGS_DIR=str(tmp_path / "logs"),
+        LOG_FORMAT="json",
+        POLL_INTERVAL="50ms",
+        HEARTBEAT_INTERVAL="200ms",
+        RETRY_BACKOFF_BASE="10ms",
+        RETRY_BACKOFF_MAX="20ms",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _side_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process workers spawn executors that inherit this environment.
+    monkeypatch.setenv("ORBIT_TEST_SIDE_URL", libpq_url(database_url))
+
+
+@pytest.fixture
+def orbit(worker_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the ``orbit`` CLI in a subprocess against the test database."""
+
+    def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env={**worker_env, **(env or {})},
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+@pytest.fixture
+def spawn_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -m app.worker`` subprocesses; any still running are killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.worker", *args],
+            env={**worker_env, **(env or {})},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def fetch_run(engine: Engine, run_id: int) -> Any:
+    with engine.connect() as conn:
+        return queries.get_run(conn, run_id)
+
+
+def executions(engine: Engine, note: str | None = None) -> list[Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM executions WHERE note = COALESCE(:note, note) ORDER BY at"),
+            {"note": note},
+        )
+        return list(rows)

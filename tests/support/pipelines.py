@@ -1,0 +1,160 @@
+"""Pipelines used by the tests. Each execution is written to the side table ``executions``
+(run_id, attempt, pid, note) over its own connection, so tests can prove what ran and how often.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from app import Context, FailNow, Snooze, pipeline
+
+SIDE_TABLE = """
+    CREATE TABLE IF NOT EXISTS executions (
+        run_id bigint, attempt int, pid int, note text, at timestamptz DEFAULT clock_timestamp()
+    )
+"""
+
+
+def record(ctx: Context, note: str = "") -> None:
+    with psycopg.connect(os.environ["ORBIT_TEST_SIDE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO executions (run_id, attempt, pid, note) VALUES (%s, %s, %s, %s)",
+            (ctx.run_id, ctx.attempt, os.getpid(), note),
+        )
+
+
+def wait_for_file(path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pipeline("test.noop")
+def noop(ctx: Context, params: dict[str, Any]) -> None:
+    return None
+
+
+@pipeline("test.record")
+def record_run(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    record(ctx)
+    return {"run_id": ctx.run_id}
+
+
+@pipeline("test.echo")
+def echo(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    return params
+
+
+@pipeline("test.sleep", max_attempts=1)
+def sleep(ctx: Context, params: dict[str, Any]) -> None:
+    record(ctx, "start")
+    time.sleep(float(params.get("seconds", 3600)))
+    record(ctx, "after-sleep")
+
+
+@pipeline("test.busy_c", max_attempts=1)
+def busy_c(ctx: Context, params: dict[str, Any]) -> None:
+    record(ctx, "start")
+    # Catastrophic backtracking: a loop inside the C regex engine that never releases the GIL.
+    re.match(r"(a+)+$", "a" * 64 + "b")
+    record(ctx, "after-loop")
+
+
+@pipeline("test.grandchild", max_attempts=1)
+def grandchild(ctx: Context, params: dict[str, Any]) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    Path(params["pidfile"]).write_text(str(child.pid))
+    time.sleep(3600)
+
+
+@pipeline("test.fail", max_attempts=3)
+def fail(ctx: Context, params: dict[str, Any]) -> None:
+    record(ctx)
+    raise ValueError(f"boom on attempt {ctx.attempt}")
+
+
+@pipeline("test.flaky", max_attempts=3)
+def flaky(ctx: Context, params: dict[str, Any]) -> dict[str, int]:
+    record(ctx)
+    if ctx.attempt < int(params.get("succeed_on", 2)):
+        raise RuntimeError("not yet")
+    return {"attempt": ctx.attempt}
+
+
+@pipeline("test.fail_now", max_attempts=5)
+def fail_now(ctx: Context, params: dict[str, Any]) -> None:
+    raise FailNow("bad input, do not retry")
+
+
+@pipeline("test.snooze", max_attempts=1)
+def snooze(ctx: Context, params: dict[str, Any]) -> str:
+    record(ctx)
+    if not params.get("done"):
+        raise Snooze(params.get("delay", 30))
+    return "done"
+
+
+@pipeline("test.crash", max_attempts=1)
+def crash(ctx: Context, params: dict[str, Any]) -> None:
+    if params.get("how") == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    os._exit(3)
+
+
+@pipeline("test.kill_worker", max_attempts=2)
+def kill_worker(ctx: Context, params: dict[str, Any]) -> None:
+    record(ctx)
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(60)
+
+
+@pipeline("test.steps", max_attempts=3)
+def steps(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    def one() -> int:
+        record(ctx, "one")
+        return 1
+
+    def two(x: int) -> int:
+        record(ctx, "two")
+        if params.get("block_file"):
+            wait_for_file(params["block_file"])
+        return x + 1
+
+    def three(y: int) -> int:
+        record(ctx, "three")
+        return y * 10
+
+    a = ctx.step("one", one)
+    b = ctx.step("two", two, a)
+    return {"result": ctx.step("three", three, b)}
+
+
+@pipeline("test.same_step_twice")
+def same_step_twice(ctx: Context, params: dict[str, Any]) -> None:
+    ctx.step("a", lambda: 1)
+    ctx.step("a", lambda: 2)
+
+
+@pipeline("test.bad_result", max_attempts=1)
+def bad_result(ctx: Context, params: dict[str, Any]) -> object:
+    return {"when": object()}
+
+
+@pipeline("test.cooperative", max_attempts=1)
+def cooperative(ctx: Context, params: dict[str, Any]) -> str:
+    record(ctx, "start")
+    deadline = time.monotonic() + float(params.get("seconds", 60))
+    while time.monotonic() < deadline:
+        if ctx.should_stop:
+            return "stopped early"
+        time.sleep(0.01)
+    return "finished"

@@ -1,0 +1,73 @@
+"""Enqueueing from Python: validation, the caller's transaction, keys and batches."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from app import EnqueueError, enqueue, enqueue_many
+from tests.conftest import fetch_run
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM runs")).scalar_one())
+
+
+def test_enqueue_in_the_callers_transaction_rolls_back_with_it(engine: Engine) -> None:
+    """A run enqueued in a transaction that rolls back does not exist."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        run_id = enqueue("test.noop", {"a": 1}, connection=conn)
+        assert run_id > 0
+        trans.rollback()
+    assert _count(engine) == 0
+
+
+def test_enqueue_in_a_session_commits_with_it(engine: Engine) -> None:
+    """With a Session the run is committed with the caller's own work."""
+    with Session(engine) as session:
+        run_id = enqueue("test.noop", {"a": 1}, priority=5, delay=60, connection=session)
+        session.commit()
+    run = fetch_run(engine, run_id)
+    assert run.priority == 5
+    assert run.params == {"a": 1}
+    assert run.run_at > run.created_at
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "params", "message"),
+    [
+        ("no.such.pipeline", {}, "unknown pipeline"),
+        ("test.noop", [1, 2], "JSON object"),
+        ("test.noop", {"x": float("nan")}, "not valid JSON"),
+        ("test.noop", {"x": "\u0000"}, "NUL"),
+        ("test.noop", {"x": object()}, "not valid JSON"),
+    ],
+)
+def test_bad_input_is_rejected_and_nothing_is_inserted(
+    engine: Engine, pipeline: str, params: object, message: str
+) -> None:
+    """Unknown pipelines and params that are not a JSON object raise EnqueueError."""
+    with pytest.raises(EnqueueError, match=message), engine.begin() as conn:
+        enqueue(pipeline, params, connection=conn)  # type: ignore[arg-type]
+    assert _count(engine) == 0
+
+
+def test_a_live_key_returns_the_existing_run(engine: Engine) -> None:
+    """While a run with the key is pending, enqueueing again returns its id."""
+    with engine.begin() as conn:
+        first = enqueue("test.noop", {}, key="invoice-42", connection=conn)
+        second = enqueue("test.noop", {}, key="invoice-42", connection=conn)
+        other = enqueue("test.noop", {}, key="invoice-43", connection=conn)
+    assert first == second != other
+    assert _count(engine) == 2
+
+
+def test_enqueue_many_inserts_all_in_one_statement(engine: Engine) -> None:
+    """enqueue_many returns one id per run, in order."""
+    with engine.begin() as conn:
+        ids = enqueue_many([("test.noop", {"i": i}) for i in range(500)], connection=conn)
+    assert len(ids) == 500 == _count(engine)
+    assert ids == sorted(ids)

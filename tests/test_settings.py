@@ -1,0 +1,72 @@
+"""Settings: names, units and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from app.durations import parse_duration
+from app.settings import SettingsError, load_settings
+
+
+def test_bare_numbers_are_milliseconds_and_units_are_accepted() -> None:
+    """POLL_INTERVAL=5000 is five seconds; 500ms, 5s, 10m and 7d work too."""
+    settings = load_settings(POLL_INTERVAL="5000", METRICS_INTERVAL="10m", SHUTDOWN_GRACE="500ms")
+    assert timedelta(seconds=5) == settings.POLL_INTERVAL
+    assert timedelta(minutes=10) == settings.METRICS_INTERVAL
+    assert timedelta(milliseconds=500) == settings.SHUTDOWN_GRACE
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("30", bare_unit="s") == timedelta(seconds=30)
+
+
+def test_defaults_follow_the_worker_guide() -> None:
+    """Defaults are those of the Orbit worker guide."""
+    settings = load_settings()
+    assert timedelta(milliseconds=5000) == settings.POLL_INTERVAL
+    assert timedelta(milliseconds=60000) == settings.METRICS_INTERVAL
+    assert timedelta(milliseconds=600000) == settings.MAX_EXECUTION_TIMEOUT
+    assert settings.LOG_LEVEL == "info"
+    assert settings.WORKER_CONCURRENCY == 2
+    assert settings.stale_after == 3 * settings.HEARTBEAT_INTERVAL
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("POLL_INTERVAL", "-5", "duration"),
+        ("POLL_INTERVAL", "soon", "duration"),
+        ("POLL_INTERVAL", "0", "greater than zero"),
+        ("WORKER_CONCURRENCY", "many", "integer"),
+        ("LOG_LEVEL", "loud", "one of debug"),
+        ("DATABASE_URL", "mysql://x", "postgresql://"),
+    ],
+)
+def test_bad_values_name_the_variable_value_and_expectation(name: str, value: str, expected: str) -> None:
+    """A bad value gives one line with the variable, the value and what was expected."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(**{name: value})
+    message = str(error.value)
+    assert "\n" not in message
+    assert name in message
+    assert expected in message
+
+
+def test_a_bad_setting_stops_the_worker_with_status_2_before_the_database() -> None:
+    """The worker exits 2 with one line on stderr, without touching any database."""
+    env = {"POLL_INTERVAL": "abc", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "PATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "POLL_INTERVAL='abc'" in proc.stderr
+
+
+def test_postgresql_urls_are_accepted_as_they_are() -> None:
+    """Plain postgresql:// and postgres:// URLs are accepted."""
+    settings = load_settings(DATABASE_URL="postgres://u:p@db:5432/orbit?pgbouncer=true")
+    assert settings.DATABASE_URL is not None
+    assert settings.DIRECT_URL is None
