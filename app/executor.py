@@ -59,6 +59,7 @@ class Outcome:
 class _Slot:
     process: Any
     conn: Connection
+    ready: bool = False  # the child has loaded its pipelines; time limits start from here
     run: ClaimedRun | None = None
     started: float = 0.0
     deadline: float = 0.0
@@ -85,20 +86,21 @@ class ExecutorPool:
 
     @property
     def free(self) -> int:
-        return sum(1 for slot in self._slots if slot.run is None)
+        return sum(1 for slot in self._slots if slot.ready and slot.run is None)
 
     @property
     def busy(self) -> list[ClaimedRun]:
         return [slot.run for slot in self._slots if slot.run is not None]
 
     def submit(self, run: ClaimedRun) -> None:
-        slot = next(s for s in self._slots if s.run is None)
+        slot = next(s for s in self._slots if s.ready and s.run is None)
         slot.run, slot.started = run, time.monotonic()
         slot.deadline = slot.started + run.timeout_s
         slot.conn.send(run)
 
     def connections(self) -> list[Connection]:
-        return [slot.conn for slot in self._slots if slot.run is not None]
+        """The pipes worth waiting on: children running a run or still starting."""
+        return [slot.conn for slot in self._slots if slot.run is not None or not slot.ready]
 
     def next_deadline(self) -> float | None:
         deadlines = [slot.deadline for slot in self._slots if slot.run is not None]
@@ -108,7 +110,7 @@ class ExecutorPool:
         """Read what the ready children sent: log lines are forwarded, outcomes returned."""
         outcomes = []
         for index, slot in enumerate(self._slots):
-            if slot.run is None or slot.conn not in ready:
+            if slot.conn not in ready:
                 continue
             outcome = self._read(index, slot)
             if outcome is not None:
@@ -116,22 +118,24 @@ class ExecutorPool:
         return outcomes
 
     def _read(self, index: int, slot: _Slot) -> Outcome | None:
-        assert slot.run is not None
         try:
             while slot.conn.poll():
                 message = slot.conn.recv()
                 if message[0] == "log":
                     if self.on_log is not None:
                         self.on_log(message[1])
-                    continue
-                _, result_json, failure = message
-                return self._finish(slot, result_json=result_json, failure=failure)
+                elif message[0] == "ready":
+                    slot.ready = True
+                else:
+                    _, result_json, failure = message
+                    return self._finish(slot, result_json=result_json, failure=failure)
         except (EOFError, OSError):
             slot.process.join(timeout=5)
-            failure = Failure(ErrorKind.CRASH, "ExecutorCrashed", _exit_reason(slot.process))
-            outcome = self._finish(slot, failure=failure)
+            reason = _exit_reason(slot.process)
             self._slots[index] = self._spawn()
-            return outcome
+            if slot.run is None:
+                raise ExecutorError(f"an executor process failed to start: {reason}") from None
+            return self._finish(slot, failure=Failure(ErrorKind.CRASH, "ExecutorCrashed", reason))
         return None
 
     def _finish(
@@ -192,6 +196,10 @@ class ExecutorPool:
         self._slots = []
 
 
+class ExecutorError(Exception):
+    """An executor process cannot start (its pipelines fail to import, for instance)."""
+
+
 def _kill_group(process: Any) -> None:
     """SIGKILL the child's process group (the child and anything it spawned)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -235,6 +243,7 @@ def child_main(conn: Connection, config: ChildConfig) -> None:
     pipelines = registry.discover(config.pipeline_modules)
     runtime = context.ChildRuntime(config.worker_id, config.database_url)
     signal.signal(signal.SIGUSR1, lambda *_: runtime.request_stop())
+    send(("ready",))
     for run in _receive(conn):
         result_json, failure = _execute(run, pipelines, runtime)
         send(("done", result_json, failure))

@@ -1,0 +1,198 @@
+"""The worker: claiming, ordering, outcomes, retries, time limits and crashes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Engine, text
+
+from app import enqueue, enqueue_many, queries
+from app.settings import Settings
+from app.states import RunStatus
+from tests.conftest import executions, fetch_run
+from tests.support.workers import error_kinds, process_alive, run_burst
+
+
+def _enqueue(engine: Engine, pipeline: str, params: dict[str, object] | None = None, **kw: object) -> int:
+    with engine.begin() as conn:
+        return enqueue(pipeline, params or {}, connection=conn, **kw)  # type: ignore[arg-type]
+
+
+def test_burst_worker_runs_a_run_and_stores_its_result(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A succeeded run stores the pipeline's JSON return value and its timings."""
+    run_id = _enqueue(engine, "test.echo", {"x": [1, 2]})
+    assert run_burst(make_settings()) == 0
+    run = fetch_run(engine, run_id)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.result == {"x": [1, 2]}
+    assert run.attempt == 1
+    assert run.started_at <= run.finished_at
+    assert run.max_attempts == 3
+    assert run.code_version
+
+
+def test_priority_then_run_at_order(engine: Engine, make_settings: Callable[..., Settings]) -> None:
+    """With one slot, higher priority runs first, then earlier run_at; future runs wait."""
+    low = _enqueue(engine, "test.record", priority=0)
+    high = _enqueue(engine, "test.record", priority=10)
+    low2 = _enqueue(engine, "test.record", priority=0)
+    later = _enqueue(engine, "test.record", priority=100, delay=3600)
+    run_burst(make_settings(WORKER_CONCURRENCY=1))
+    assert [row.run_id for row in executions(engine)] == [high, low, low2]
+    assert fetch_run(engine, later).status == RunStatus.PENDING
+
+
+def test_pipeline_filter_leaves_other_runs_pending(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A worker only claims the pipelines matching its PIPELINE_FILTER."""
+    mine = _enqueue(engine, "test.noop")
+    other = _enqueue(engine, "test.echo")
+    run_burst(make_settings(PIPELINE_FILTER="test.n*"))
+    assert fetch_run(engine, mine).status == RunStatus.SUCCEEDED
+    assert fetch_run(engine, other).status == RunStatus.PENDING
+
+
+def test_failures_retry_with_backoff_and_keep_every_error(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Each failed attempt is kept; run_at moves by the jittered exponential backoff."""
+    run_id = _enqueue(engine, "test.fail")
+    settings = make_settings(RETRY_BACKOFF_BASE="400ms", RETRY_BACKOFF_MAX="1s")
+    for attempt in (1, 2):
+        run_burst(settings)
+        run = fetch_run(engine, run_id)
+        assert run.status == RunStatus.PENDING
+        assert run.attempt == attempt
+        waited = (run.run_at - datetime.fromisoformat(run.errors[-1]["at"])).total_seconds()
+        expected = min(0.4 * 2 ** (attempt - 1), 1.0)
+        assert 0.5 * expected - 0.05 <= waited <= expected + 0.05
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE runs SET run_at = now() WHERE id = :id"), {"id": run_id})
+    run_burst(settings)
+    run = fetch_run(engine, run_id)
+    assert run.status == RunStatus.FAILED
+    assert [e["attempt"] for e in run.errors] == [1, 2, 3]
+    assert run.errors[-1]["type"] == "ValueError"
+    assert "boom on attempt 3" in run.error
+    assert "Traceback" in run.errors[0]["traceback"]
+
+
+def test_a_flaky_run_succeeds_on_a_later_attempt(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A run that fails once and then succeeds ends succeeded with one error recorded."""
+    run_id = _enqueue(engine, "test.flaky", {"succeed_on": 2})
+    run_burst(make_settings(RETRY_BACKOFF_BASE="1ms", RETRY_BACKOFF_MAX="1ms"))
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.attempt, run.result) == (RunStatus.SUCCEEDED, 2, {"attempt": 2})
+    assert len(run.errors) == 1
+
+
+def test_fail_now_skips_the_remaining_attempts(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """FailNow fails the run at once although attempts are left."""
+    run_id = _enqueue(engine, "test.fail_now")
+    run_burst(make_settings())
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.attempt, run.max_attempts) == (RunStatus.FAILED, 1, 5)
+    assert run.errors[0]["type"] == "FailNow"
+
+
+def test_snooze_reschedules_without_using_an_attempt(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Snooze puts the run back for later with its attempt count unchanged."""
+    run_id = _enqueue(engine, "test.snooze", {"delay": 30})
+    run_burst(make_settings())
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
+    assert 25 <= (run.run_at - run.created_at).total_seconds() <= 40
+    assert run.errors == []
+
+
+def test_a_result_that_is_not_json_fails_the_run(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A non-JSON return value fails the run with a clear reason."""
+    run_id = _enqueue(engine, "test.bad_result")
+    run_burst(make_settings())
+    run = fetch_run(engine, run_id)
+    assert run.status == RunStatus.FAILED
+    assert "not JSON" in run.error
+
+
+@pytest.mark.parametrize("pipeline", ["test.sleep", "test.busy_c"])
+def test_a_stuck_run_is_stopped_at_its_time_limit(
+    engine: Engine, make_settings: Callable[..., Settings], pipeline: str
+) -> None:
+    """time.sleep and a C loop are both stopped at the limit; their code never continues."""
+    stuck = _enqueue(engine, pipeline, timeout=0.5)
+    after = _enqueue(engine, "test.noop")
+    run_burst(make_settings(WORKER_CONCURRENCY=1))
+    run = fetch_run(engine, stuck)
+    assert run.status == RunStatus.TIMED_OUT
+    assert error_kinds(run) == ["timeout"]
+    assert "time limit of 0.5s" in run.error
+    (start,) = executions(engine, "start")
+    assert not process_alive(start.pid)
+    assert executions(engine, "after-sleep") == executions(engine, "after-loop") == []
+    assert fetch_run(engine, after).status == RunStatus.SUCCEEDED
+
+
+def test_max_execution_timeout_applies_without_a_pipeline_timeout(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A run without its own or its pipeline's limit gets MAX_EXECUTION_TIMEOUT."""
+    run_id = _enqueue(engine, "test.sleep")
+    run_burst(make_settings(MAX_EXECUTION_TIMEOUT="300ms"))
+    run = fetch_run(engine, run_id)
+    assert run.status == RunStatus.TIMED_OUT
+    assert run.timeout.total_seconds() == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(("how", "reason"), [("exit", "exited with status 3"), ("segv", "SIGSEGV")])
+def test_an_executor_crash_fails_only_its_run(
+    engine: Engine, make_settings: Callable[..., Settings], how: str, reason: str
+) -> None:
+    """os._exit or a segfault fails that run with the cause; the worker goes on."""
+    crashed = _enqueue(engine, "test.crash", {"how": how})
+    later = _enqueue(engine, "test.noop")
+    assert run_burst(make_settings(WORKER_CONCURRENCY=1)) == 0
+    run = fetch_run(engine, crashed)
+    assert run.status == RunStatus.FAILED
+    assert error_kinds(run) == ["crash"]
+    assert reason in run.error
+    assert fetch_run(engine, later).status == RunStatus.SUCCEEDED
+
+
+def test_completion_is_fenced_on_the_lease(engine: Engine) -> None:
+    """A worker that lost its run (re-claimed elsewhere) changes nothing when it finishes late."""
+    run_id = _enqueue(engine, "test.noop")
+    defaults = {"test.noop": (3, 60.0)}
+    with engine.begin() as conn:
+        (mine,) = queries.claim(conn, worker_id="a", limit=1, defaults=defaults, version="t")
+        conn.execute(text("UPDATE runs SET status = 'pending' WHERE id = :id"), {"id": run_id})
+        (theirs,) = queries.claim(conn, worker_id="b", limit=1, defaults=defaults, version="t")
+    assert theirs.attempt == mine.attempt + 1
+    with engine.begin() as conn:
+        late = queries.Success(mine.id, mine.attempt, '"late"')
+        assert queries.succeed_many(conn, "a", [late]) == set()
+        assert queries.heartbeat(conn, "a", {mine.id: mine.attempt}) == set()
+        on_time = queries.Success(theirs.id, theirs.attempt, '"on time"')
+        assert queries.succeed_many(conn, "b", [on_time]) == {run_id}
+    assert fetch_run(engine, run_id).result == "on time"
+
+
+def test_a_claim_takes_no_more_than_its_limit(engine: Engine) -> None:
+    """The CTE-fenced claim returns at most `limit` runs and marks only those running."""
+    with engine.begin() as conn:
+        enqueue_many([("test.noop", {}) for _ in range(50)], connection=conn)
+        claimed = queries.claim(conn, worker_id="w", limit=7, defaults={"test.noop": (3, 60.0)}, version="t")
+        running = conn.execute(text("SELECT count(*) FROM runs WHERE status = 'running'")).scalar()
+    assert len(claimed) == running == 7
