@@ -126,19 +126,28 @@ def orbit(worker_env: dict[str, str]) -> Callable[..., subprocess.CompletedProce
 
 
 @pytest.fixture
-def spawn_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``python -m app.worker`` subprocesses; any still running are killed at the end."""
+def spawn_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -m app.worker`` subprocesses; any still running are killed at the end.
+
+    Each worker's stderr goes to a file (``proc.stderr_path``): an unread pipe would fill up
+    and block a busy worker in the middle of a log line.
+    """
     started: list[subprocess.Popen[str]] = []
 
     def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.worker", *args],
-            env={**worker_env, **(env or {})},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        path = tmp_path / f"worker-{len(started)}.stderr"
+        with path.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.worker", *args],
+                env={**worker_env, **(env or {})},
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                text=True,
+            )
+        proc.stderr_path = path  # type: ignore[attr-defined]
         started.append(proc)
         return proc
 
@@ -147,8 +156,6 @@ def spawn_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., subproces
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def fetch_run(engine: Engine, run_id: int) -> Any:

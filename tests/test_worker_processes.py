@@ -1,0 +1,122 @@
+"""Real worker processes: exclusive claiming under contention, signals and database trouble."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+
+from sqlalchemy import Engine, text
+
+from app import enqueue, enqueue_many
+from app.states import RunStatus
+from tests.conftest import executions, fetch_run
+from tests.support.waiting import wait_until
+from tests.support.workers import process_alive
+
+N_RUNS = 5000
+
+Spawn = Callable[..., subprocess.Popen[str]]
+
+
+def _count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def _exit_code(proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    return proc.wait(timeout=timeout)
+
+
+def test_four_workers_execute_each_of_5000_runs_exactly_once(engine: Engine, spawn_worker: Spawn) -> None:
+    """Four burst workers racing for 5,000 runs execute every run once and only once."""
+    with engine.begin() as conn:
+        enqueue_many([("test.record", {"i": i}) for i in range(N_RUNS)], connection=conn)
+    workers = [spawn_worker("--burst", "--concurrency", "4") for _ in range(4)]
+    assert [_exit_code(w, timeout=300) for w in workers] == [0, 0, 0, 0]
+    assert _count(engine, "SELECT count(*) FROM executions") == N_RUNS
+    assert _count(engine, "SELECT count(DISTINCT run_id) FROM executions") == N_RUNS
+    assert _count(engine, "SELECT count(*) FROM runs WHERE status <> 'succeeded'") == 0
+    assert _count(engine, "SELECT count(DISTINCT worker_id) FROM runs") > 1
+
+
+def test_sigterm_lets_a_run_in_flight_finish_and_claims_nothing_more(
+    engine: Engine, spawn_worker: Spawn
+) -> None:
+    """On SIGTERM the worker stops claiming, lets its run finish within the grace, exits 0."""
+    with engine.begin() as conn:
+        slow = enqueue("test.cooperative", {"seconds": 1}, connection=conn)
+    worker = spawn_worker("--concurrency", "1", env={"SHUTDOWN_GRACE": "30s"})
+    wait_until(lambda: executions(engine, "start"), what="the slow run to start")
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE runs DISABLE TRIGGER runs_notify"))
+        try:
+            worker.send_signal(signal.SIGTERM)
+            wait_until(lambda: _count(engine, "SELECT 1") == 1)
+            later = enqueue("test.noop", {}, connection=conn)
+        finally:
+            conn.execute(text("ALTER TABLE runs ENABLE TRIGGER runs_notify"))
+    assert _exit_code(worker) == 0
+    run = fetch_run(engine, slow)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.result in ("finished", "stopped early")
+    assert fetch_run(engine, later).status == RunStatus.PENDING
+    with engine.connect() as conn:
+        stopped = conn.execute(text("SELECT stopped_at FROM workers")).scalar_one()
+    assert stopped is not None
+
+
+def test_runs_past_the_grace_are_released_without_using_an_attempt(
+    engine: Engine, spawn_worker: Spawn
+) -> None:
+    """A run still going when the grace ends is stopped and put back to pending, attempt refunded."""
+    with engine.begin() as conn:
+        stuck = enqueue("test.sleep", {}, connection=conn)
+    worker = spawn_worker("--concurrency", "1", env={"SHUTDOWN_GRACE": "300ms"})
+    (start,) = wait_until(lambda: executions(engine, "start"), what="the run to start")
+    worker.send_signal(signal.SIGTERM)
+    assert _exit_code(worker) == 0
+    run = fetch_run(engine, stuck)
+    assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
+    assert not process_alive(start.pid)
+
+
+def test_a_second_signal_stops_at_once(engine: Engine, spawn_worker: Spawn) -> None:
+    """A second SIGTERM ends the grace early; the run goes back to pending."""
+    with engine.begin() as conn:
+        stuck = enqueue("test.sleep", {}, connection=conn)
+    worker = spawn_worker("--concurrency", "1", env={"SHUTDOWN_GRACE": "10m"})
+    wait_until(lambda: executions(engine, "start"), what="the run to start")
+    worker.send_signal(signal.SIGTERM)
+    wait_until(lambda: worker.poll() is None and _count(engine, "SELECT 1"))
+    worker.send_signal(signal.SIGTERM)
+    assert _exit_code(worker, timeout=30) == 0
+    assert fetch_run(engine, stuck).status == RunStatus.PENDING
+
+
+def _terminate_worker_connections(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("""SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                        WHERE application_name = 'orbit' AND pid <> pg_backend_pid()
+                          AND datname = current_database()""")
+            ).scalar_one()
+        )
+
+
+def test_the_worker_survives_losing_its_database_connections(engine: Engine, spawn_worker: Spawn) -> None:
+    """Killed connections are re-opened: runs before and after the cut all finish, none twice."""
+    with engine.begin() as conn:
+        first = enqueue_many([("test.record", {}) for _ in range(20)], connection=conn)
+    worker = spawn_worker("--concurrency", "2")
+    wait_until(lambda: _count(engine, "SELECT count(*) FROM runs WHERE status = 'succeeded'") == 20)
+    assert _terminate_worker_connections(engine) >= 1
+    with engine.begin() as conn:
+        second = enqueue_many([("test.record", {}) for _ in range(20)], connection=conn)
+    done = "SELECT count(*) FROM runs WHERE status = 'succeeded'"
+    wait_until(lambda: _count(engine, done) == 40, what="runs enqueued after the cut")
+    assert worker.poll() is None
+    assert _count(engine, "SELECT count(*) FROM executions") == len(first) + len(second)
+    worker.send_signal(signal.SIGTERM)
+    assert _exit_code(worker) == 0
