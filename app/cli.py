@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import queries, recovery, worker
+from app import arguments, queries, recovery, worker
 from app.database import Database, DatabaseError, make_engine, mask_url, migrate, resolve
 from app.durations import parse_duration
 from app.enqueue import EnqueueError, new_run
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orbit", description="Orbit pipeline-run queue")
+    parser = arguments.Parser(prog="orbit", description="Orbit pipeline-run queue")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--key", default=None, help="idempotency key: reuse a live run with it")
 
     sub = command("status", cmd_status, "show one run and its steps")
-    sub.add_argument("run_id", type=_run_id)
+    sub.add_argument("run_id", type=arguments.run_id)
     sub.add_argument("--json", action="store_true")
 
     sub = command("runs", cmd_runs, "list runs, newest first")
@@ -98,21 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--auto-resume", action="store_true", help="resume every interrupted run")
 
     sub = command("resume", cmd_resume, "resume one interrupted, failed or timed-out run")
-    sub.add_argument("run_id", type=_run_id)
+    sub.add_argument("run_id", type=arguments.run_id)
 
     sub = command("cancel", cmd_cancel, "cancel a pending or running run")
-    sub.add_argument("run_id", type=_run_id)
+    sub.add_argument("run_id", type=arguments.run_id)
     return parser
-
-
-def _run_id(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a run id is a whole number, not {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"a run id is a positive number, not {value!r}")
-    return number
 
 
 # --- plumbing ------------------------------------------------------------------------------------

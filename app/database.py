@@ -62,9 +62,7 @@ def mask_url(url: str) -> str:
         parsed = make_url(url)
     except Exception:
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-    if parsed.password:
-        parsed = parsed.set(password="***")
-    return parsed.render_as_string(hide_password=False)
+    return parsed.render_as_string(hide_password=True)
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:

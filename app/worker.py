@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import __version__, logs, queries
+from app import __version__, arguments, logs, queries
 from app.database import Database, DatabaseError, check_schema, make_engine, migrate, resolve
 from app.executor import ChildConfig, ExecutorPool, Outcome
 from app.notifier import Notifier
@@ -427,11 +427,17 @@ def start(args: argparse.Namespace) -> int:
     )
     try:
         worker = build(settings, burst=args.burst)
-    except (RegistryError, DatabaseError) as exc:
-        log.error(str(exc))
-        print(f"orbit: {exc}", file=sys.stderr)
-        return 2
+    except RegistryError as exc:
+        return _refuse(exc, status=2)
+    except DatabaseError as exc:
+        return _refuse(exc, status=1)
     return worker.run()
+
+
+def _refuse(exc: Exception, *, status: int) -> int:
+    log.error(str(exc))
+    print(f"orbit: {exc}", file=sys.stderr)
+    return status
 
 
 def build(settings: Settings, *, burst: bool = False) -> Worker:
@@ -469,7 +475,7 @@ def connect(settings: Settings) -> Database:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__.split("\n")[0])
+    parser = arguments.Parser(prog="python -m app.worker", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return start(parser.parse_args(argv))
 
