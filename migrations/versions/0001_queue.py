@@ -12,7 +12,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# Kept in step with app.states.RunStatus and StepStatus (tests/test_states.py checks it).
+# Kept in step with app.states.RunStatus and StepStatus (tests/test_migrations.py checks it).
 RUN_STATUSES = "('pending', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled')"
 STEP_STATUSES = "('running', 'succeeded', 'failed')"
 

@@ -158,3 +158,12 @@ def cooperative(ctx: Context, params: dict[str, Any]) -> str:
             return "stopped early"
         time.sleep(0.01)
     return "finished"
+
+
+@pipeline("test.tick", max_attempts=3)
+def tick(ctx: Context, params: dict[str, Any]) -> int:
+    """Works without the database: sleeps, then appends ``run_id attempt pid`` to a file."""
+    time.sleep(float(params.get("seconds", 0.1)))
+    with open(params["log"], "a") as log:
+        log.write(f"{ctx.run_id} {ctx.attempt} {os.getpid()}\n")
+    return ctx.run_id
