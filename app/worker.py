@@ -359,7 +359,8 @@ class Worker:
                 result = action(conn)
         except SQLAlchemyError as exc:
             self._db_failures += 1
-            delay = min(30.0, 0.25 * 2**self._db_failures)
+            # Capped at the poll interval, so work is noticed within one poll once the database is back.
+            delay = min(self.settings.POLL_INTERVAL.total_seconds(), 0.25 * 2**self._db_failures)
             self._db_retry_at = now + delay
             self.log.error("Database error; will retry", error=_one_line(exc), retry_in_s=round(delay, 2))
             return None

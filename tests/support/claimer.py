@@ -1,0 +1,42 @@
+"""A bare claiming loop in its own process: ``python -m tests.support.claimer URL BATCH``.
+
+Claims up to BATCH runs with the worker's own claim statement, logs each execution as
+(run_id, attempt, pid) in the side table, completes them with the worker's fenced completion,
+and exits once a claim comes back empty. Several of these race to prove the claim is exclusive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sqlalchemy import text
+
+from app import queries
+from app.database import make_engine
+
+_LOG = text(
+    "INSERT INTO executions (run_id, attempt, pid, note) SELECT unnest(:ids), unnest(:attempts), :pid, ''"
+)
+
+
+def main(url: str, batch: int) -> int:
+    engine = make_engine(url, pool_size=1)
+    me = f"claimer-{os.getpid()}"
+    defaults = {"test.noop": (3, 60.0)}
+    while True:
+        with engine.begin() as conn:
+            runs = queries.claim(conn, worker_id=me, limit=batch, defaults=defaults, version="t")
+        if not runs:
+            return 0
+        with engine.begin() as conn:
+            conn.execute(
+                _LOG, {"ids": [r.id for r in runs], "attempts": [r.attempt for r in runs], "pid": os.getpid()}
+            )
+            done = [queries.Success(r.id, r.attempt, "null") for r in runs]
+            if len(queries.succeed_many(conn, me, done)) != len(runs):
+                return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))
