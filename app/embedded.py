@@ -33,7 +33,7 @@ def embedded_url(data_dir: Path) -> str:
 
 def restart(data_dir: Path) -> None:
     """Restart the embedded server in ``data_dir`` (fast shutdown: connections are cut)."""
-    from pgserver._commands import pg_ctl  # type: ignore[import-untyped]
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     pgdata = (data_dir / "pgdata").resolve()
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=_servers[pgdata].system_user, timeout=60)
