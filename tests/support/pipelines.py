@@ -167,3 +167,17 @@ def tick(ctx: Context, params: dict[str, Any]) -> int:
     with open(params["log"], "a") as log:
         log.write(f"{ctx.run_id} {ctx.attempt} {os.getpid()}\n")
     return ctx.run_id
+
+
+@pipeline("test.owner", max_attempts=3)
+def owner(ctx: Context, params: dict[str, Any]) -> dict[str, int]:
+    """Slow on its first attempt only; logs ``start|end run attempt pid`` lines to a file."""
+
+    def note(what: str) -> None:
+        with open(params["log"], "a") as log:
+            log.write(f"{what} {ctx.run_id} {ctx.attempt} {os.getpid()}\n")
+
+    note("start")
+    time.sleep(float(params["first_seconds"]) if ctx.attempt == 1 else 0.05)
+    note("end")
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
