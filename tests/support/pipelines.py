@@ -181,3 +181,14 @@ def owner(ctx: Context, params: dict[str, Any]) -> dict[str, int]:
     time.sleep(float(params["first_seconds"]) if ctx.attempt == 1 else 0.05)
     note("end")
     return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@pipeline("test.work", max_attempts=10)
+def work(ctx: Context, params: dict[str, Any]) -> int:
+    """Sleeps ``seconds``; logs ``start|end run attempt pid`` lines to a file, not the database."""
+    for what in ("start", "end"):
+        with open(params["log"], "a") as log:
+            log.write(f"{what} {ctx.run_id} {ctx.attempt} {os.getpid()}\n")
+        if what == "start":
+            time.sleep(float(params["seconds"]))
+    return ctx.attempt
