@@ -196,6 +196,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         params = json.loads(args.params)
+    except RecursionError:
+        raise UsageError("--params is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(params, dict):

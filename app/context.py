@@ -50,11 +50,11 @@ class Context:
     back instead of running ``fn`` again.
     """
 
-    def __init__(self, run: ClaimedRun, runtime: ChildRuntime) -> None:
+    def __init__(self, run: ClaimedRun, runtime: ChildRuntime, params: dict[str, Any]) -> None:
         self.run_id = run.id
         self.pipeline = run.pipeline
         self.attempt = run.attempt
-        self.params = run.params
+        self.params = params
         self.worker_id = runtime.worker_id
         self.log = structlog.get_logger("orbit.pipeline").bind(
             run_id=run.id, pipeline=run.pipeline, attempt=run.attempt, worker_id=runtime.worker_id

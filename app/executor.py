@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import multiprocessing
 import os
 import signal
@@ -269,7 +270,12 @@ def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[
         message = f"pipeline {run.pipeline!r} is not loaded in this worker"
         return None, Failure(ErrorKind.INVALID, "UnknownPipeline", message, fail_now=True)
     try:
-        result = pipeline.fn(Context(run, runtime), run.params)
+        params = json.loads(run.params_json)
+    except (ValueError, RecursionError) as exc:
+        message = f"params cannot be decoded: {exc}"
+        return None, Failure(ErrorKind.INVALID, "BadParams", message, fail_now=True)
+    try:
+        result = pipeline.fn(Context(run, runtime, params), params)
     except Snooze as exc:
         return None, Failure(ErrorKind.ERROR, "Snooze", str(exc), snooze=exc.delay.total_seconds())
     except FailNow as exc:

@@ -47,6 +47,6 @@ class Notifier:
                             self._wake()
             except psycopg.Error as exc:
                 failures += 1
-                if failures == 1:
+                if failures == 1 and not self._stopped.is_set():
                     log.warning("Listener lost its connection; polling continues", error=str(exc))
                 self._stopped.wait(min(30.0, 0.5 * 2**failures))

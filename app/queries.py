@@ -18,10 +18,14 @@ from app.states import RunStatus
 
 
 def to_json(value: Any) -> str:
-    """JSON text for a jsonb parameter; rejects NaN and the NUL character Postgres cannot store."""
-    encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    """JSON text for a jsonb parameter; rejects what Postgres cannot store (NaN, NUL, lone surrogates)."""
+    encoded = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     if "\\u0000" in encoded:
         raise ValueError("JSON text cannot contain the NUL character (\\u0000)")
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("JSON text must be valid Unicode (a lone surrogate, or undecodable input)") from None
     return encoded
 
 
@@ -119,7 +123,7 @@ _CLAIM = text("""
         timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
     FROM next
     WHERE r.id = next.id
-    RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts,
+    RETURNING r.id, r.pipeline, r.params::text AS params_json, r.attempt, r.max_attempts,
               EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s
 """)
 
@@ -128,7 +132,9 @@ _CLAIM = text("""
 class ClaimedRun:
     id: int
     pipeline: str
-    params: dict[str, Any]
+    # Decoded by the executor, not here: a row written around the API (nested too deeply, say)
+    # then fails that run alone instead of failing every claim that returns it.
+    params_json: str
     attempt: int
     max_attempts: int
     timeout_s: float
