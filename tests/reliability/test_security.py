@@ -1,0 +1,98 @@
+"""Scenario 9: separate roles, and no secret in any log."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
+
+from app import enqueue, queries
+from app.states import RunStatus
+from tests.conftest import ROOT, fetch_run
+
+ROLES = (ROOT / "deploy" / "roles.sql").read_text()
+CANARY_PASSWORD = "canary-pw-7f3a9"
+CANARY_PARAM = "canary-param-51c2e"
+
+
+@pytest.fixture
+def roles(engine: Engine) -> Engine:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(ROLES)
+    return engine
+
+
+def test_roles_can_be_applied_twice(roles: Engine) -> None:
+    with roles.begin() as conn:
+        conn.exec_driver_sql(ROLES)
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE intruder (id int)",
+        "DROP TABLE runs",
+        "ALTER TABLE runs ADD COLUMN x int",
+        "TRUNCATE runs",
+    ],
+)
+@pytest.mark.parametrize("role", ["orbit_worker", "orbit_enqueuer"])
+def test_workers_and_enqueuers_cannot_change_the_schema(roles: Engine, role: str, ddl: str) -> None:
+    with pytest.raises(ProgrammingError, match=r"permission denied|must be owner"), roles.begin() as conn:
+        conn.execute(text(f"SET LOCAL ROLE {role}"))
+        conn.execute(text(ddl))
+
+
+def test_the_worker_role_can_do_a_workers_job(roles: Engine) -> None:
+    with roles.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE orbit_enqueuer"))
+        run_id = enqueue("test.noop", {}, connection=conn)
+    with roles.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE orbit_worker"))
+        queries.register_worker(
+            conn, id="w", hostname="h", pid=1, concurrency=1, pipeline_filter="*", pipelines=[], version="t"
+        )
+        (run,) = queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
+        assert queries.heartbeat(conn, "w", {run.id: run.attempt}) == {run.id}
+        assert queries.succeed_many(conn, "w", [queries.Success(run.id, run.attempt, "null")]) == {run.id}
+    assert fetch_run(roles, run_id).status == RunStatus.SUCCEEDED
+
+
+def test_the_enqueuer_role_cannot_claim_runs(roles: Engine) -> None:
+    with pytest.raises(ProgrammingError, match="permission denied"), roles.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE orbit_enqueuer"))
+        enqueue("test.noop", {}, connection=conn)
+        queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
+
+
+def test_no_password_or_params_in_any_log(
+    engine: Engine,
+    worker_env: dict[str, str],
+    spawn_worker: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """A canary password in DATABASE_URL and a canary value in params never reach a log line."""
+    url = (
+        make_url(worker_env["DATABASE_URL"])
+        .set(password=CANARY_PASSWORD)
+        .render_as_string(hide_password=False)
+    )
+    with engine.begin() as conn:
+        ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
+        bad = enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
+    env = {"DATABASE_URL": url, "LOG_LEVEL": "debug", "LOGS_DIR": str(tmp_path / "logs")}
+    assert spawn_worker("--burst", env=env).wait(timeout=60) == 0
+    assert (fetch_run(engine, ok).status, fetch_run(engine, bad).status) == ("succeeded", "failed")
+    unreachable = {**env, "DATABASE_URL": url.replace("/orbit_test", ":1/orbit_test", 1)}
+    spawn_worker(env=unreachable).wait(timeout=60)
+    written = [path.read_text() for path in (tmp_path / "logs").iterdir()]
+    written += [path.read_text() for path in tmp_path.glob("worker-*.stderr")]
+    assert written and any("Run succeeded" in text for text in written)
+    for content in written:
+        assert CANARY_PASSWORD not in content
+        assert CANARY_PARAM not in content
