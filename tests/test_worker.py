@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -12,6 +13,7 @@ from app import enqueue, enqueue_many, queries
 from app.settings import Settings
 from app.states import RunStatus
 from tests.conftest import executions, fetch_run
+from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, process_alive, run_burst
 
 
@@ -142,6 +144,31 @@ def test_a_stuck_run_is_stopped_at_its_time_limit(
     (start,) = executions(engine, "start")
     assert not process_alive(start.pid)
     assert executions(engine, "after-sleep") == executions(engine, "after-loop") == []
+    assert fetch_run(engine, after).status == RunStatus.SUCCEEDED
+
+
+def test_a_blocking_socket_call_is_stopped_at_its_time_limit(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    stuck = _enqueue(engine, "test.blocking_socket", timeout=0.5)
+    run_burst(make_settings(WORKER_CONCURRENCY=1))
+    assert fetch_run(engine, stuck).status == RunStatus.TIMED_OUT
+    (start,) = executions(engine, "start")
+    assert not process_alive(start.pid)
+    assert executions(engine, "after-recv") == []
+
+
+def test_a_time_limit_also_ends_the_runs_child_processes(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The executor runs in its own process group: a grandchild it started dies with it."""
+    pidfile = tmp_path / "grandchild.pid"
+    stuck = _enqueue(engine, "test.grandchild", {"pidfile": str(pidfile)}, timeout=1)
+    after = _enqueue(engine, "test.noop")
+    run_burst(make_settings(WORKER_CONCURRENCY=1))
+    assert fetch_run(engine, stuck).status == RunStatus.TIMED_OUT
+    grandchild = int(pidfile.read_text())
+    wait_until(lambda: not process_alive(grandchild), timeout=10, what="the grandchild to be gone")
     assert fetch_run(engine, after).status == RunStatus.SUCCEEDED
 
 

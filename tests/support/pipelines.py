@@ -192,3 +192,13 @@ def work(ctx: Context, params: dict[str, Any]) -> int:
         if what == "start":
             time.sleep(float(params["seconds"]))
     return ctx.attempt
+
+
+@pipeline("test.blocking_socket", max_attempts=1)
+def blocking_socket(ctx: Context, params: dict[str, Any]) -> None:
+    import socket
+
+    record(ctx, "start")
+    left, _right = socket.socketpair()
+    left.recv(1)  # nothing will ever arrive
+    record(ctx, "after-recv")
