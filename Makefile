@@ -39,7 +39,7 @@ test: lint
 	$(BIN)/pytest -q -m "not slow"
 
 reliability: install
-	$(BIN)/pytest -q -m slow tests/reliability
+	ORBIT_RELIABILITY_FULL=1 $(BIN)/pytest -q tests/reliability
 
 bench: install
 	$(BIN)/python -m bench
