@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
 
 from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate
 from app.states import RunStatus, StepStatus
+from tests.conftest import ROOT
 from tests.support.database import fresh_database
 
 
@@ -78,3 +82,18 @@ def test_the_claim_uses_the_partial_index(engine: Engine) -> None:
                     ORDER BY priority DESC, run_at, id LIMIT 10 FOR UPDATE SKIP LOCKED""")
         ).scalars()
         assert "runs_claim_idx" in "\n".join(plan)
+
+
+def test_plain_alembic_upgrade_head_works_too(blank: str, worker_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
+        env={**worker_env, "DATABASE_URL": blank},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    engine = make_engine(blank)
+    check_schema(engine)
+    engine.dispose()
