@@ -158,3 +158,10 @@ def cooperative(ctx: Context, params: dict[str, Any]) -> str:
             return "stopped early"
         time.sleep(0.01)
     return "finished"
+
+
+@pipeline("test.log", max_attempts=1)
+def log_lines(ctx: Context, params: dict[str, Any]) -> None:
+    ctx.log.info("Pipeline says hello", note=params.get("note", ""))
+    if params.get("fail"):
+        raise RuntimeError(f"cannot reach {params['fail']}")
