@@ -2,7 +2,7 @@
 
 Exit status: 0 success, 1 an operational failure (database unreachable, run not found, or, for
 ``check-interrupted``, interrupted runs found), 2 bad input (unknown pipeline, bad params JSON,
-a bad setting or flag).
+a bad setting or flag). ``orbit health`` is the exception: 0 healthy, 1 warning, 2 error.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import arguments, queries, recovery, worker
+from app import arguments, health, queries, recovery, worker
 from app.database import Database, DatabaseError, make_engine, mask_url, migrate, resolve
-from app.durations import parse_duration
+from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
 from app.registry import RegistryError, discover
 from app.settings import Settings, load_settings_or_exit
 from app.states import RunStatus
+from app.stats import build_report
 
 
 class UsageError(Exception):
@@ -89,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
 
     sub = command("workers", cmd_workers, "list registered workers")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("metrics", cmd_metrics, "the metrics report of the whole fleet, from the runs table")
+    sub.add_argument("--since", default="1h", help="runs that finished within this (default 1h)")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("health", cmd_health, "the fleet's health (exit 0 healthy, 1 warning, 2 error)")
     sub.add_argument("--json", action="store_true")
 
     sub = command("check-interrupted", cmd_check, "list interrupted runs (exit 1 when any)")
@@ -336,6 +344,68 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     when = "its worker stops it within a heartbeat" if previous == RunStatus.RUNNING else "at once"
     print(f"run {args.run_id} cancelled ({when})")
     return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    window = _window(args.since)
+
+    def read(conn: Connection) -> tuple[Any, list[queries.QueueDepth]]:
+        return queries.fleet_report(conn, window), queries.queue_depth(conn)
+
+    row, depth = _transaction(read)
+    report = build_report(
+        uptime_s=window.total_seconds(),
+        succeeded=row.succeeded,
+        failed=row.failed,
+        avg_s=row.avg_s,
+        min_s=row.min_s,
+        max_s=row.max_s,
+        hours=window.total_seconds() / 3600,
+    )
+    del report["uptime"]  # a fleet has no uptime: the window takes its place
+    report = {"window": format_duration(window), **report}
+    for status in (RunStatus.PENDING, RunStatus.RUNNING):
+        report[f"{status}Now"] = sum(d.runs for d in depth if d.status == status)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"Fleet Metrics Report (runs finished in the last {report['window']})")
+        for name, value in report.items():
+            print(f"  {name + ':':14} {value}")
+    return 0
+
+
+def _window(value: str) -> timedelta:
+    try:
+        window = parse_duration(value, bare_unit="s")
+    except ValueError as exc:
+        raise UsageError(f"--since {value!r}: expected {exc}") from None
+    if window <= timedelta(0):
+        raise UsageError(f"--since {value!r}: must be longer than zero")
+    return window
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        engine = _engine(settings)
+    except Failed as exc:
+        result = health.Health([health.Problem(health.Status.ERROR, str(exc))])
+    else:
+        try:
+            result = health.check(engine, settings)
+        finally:
+            engine.dispose()
+    if args.json:
+        _print_json(result.as_json())
+    else:
+        print(f"{result.status}: {result.message}")
+        for problem in result.problems:
+            print(f"  [{problem.status}] {problem.message}")
+        print(f"  stuck runs: {result.stuck_runs}")
+        last = result.last_activity
+        print(f"  last activity: {'-' if last is None else last.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    return int(result.status)
 
 
 def parse_seconds(value: str) -> float:

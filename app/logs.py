@@ -25,9 +25,18 @@ _SECRET_KEYS = re.compile(r"password|secret|token|api_key", re.IGNORECASE)
 def mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace passwords inside URLs (and values of secret-looking keys) with ``***``."""
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = "***" if _SECRET_KEYS.search(key) else _SECRET_IN_URL.sub(r"\1***@", value)
+        event[key] = "***" if _SECRET_KEYS.search(str(key)) and value else _masked(value)
     return event
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_IN_URL.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET_KEYS.search(str(k)) and v else _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
 
 
 _SHARED: list[Any] = [
@@ -77,6 +86,7 @@ def configure(
         processors=[
             *_SHARED,
             structlog.processors.format_exc_info,
+            mask_secrets,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -88,7 +98,13 @@ def configure(
 def _handler(handler: logging.Handler, renderer: Any) -> logging.Handler:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # Records from the standard library carry exc_info; its text may hold a URL too.
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                mask_secrets,
+                renderer,
+            ],
             foreign_pre_chain=_SHARED,
         )
     )
@@ -104,7 +120,7 @@ def configure_child(level: str, sink: Callable[[dict[str, Any]], None]) -> None:
 
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info, forward],
+        processors=[*_SHARED, structlog.processors.format_exc_info, mask_secrets, forward],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )

@@ -124,7 +124,8 @@ _CLAIM = text("""
     FROM next
     WHERE r.id = next.id
     RETURNING r.id, r.pipeline, r.params::text AS params_json, r.attempt, r.max_attempts,
-              EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s
+              EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s,
+              GREATEST(EXTRACT(EPOCH FROM now() - r.run_at), 0)::double precision AS waited_s
 """)
 
 
@@ -138,6 +139,7 @@ class ClaimedRun:
     attempt: int
     max_attempts: int
     timeout_s: float
+    waited_s: float = 0.0  # from when the run was due to its claim
 
 
 def claim(
@@ -445,3 +447,90 @@ def list_workers(conn: Connection) -> list[Row[Any]]:
 
 def runnable_count(conn: Connection, pipelines: Sequence[str]) -> int:
     return int(conn.execute(_RUNNABLE_COUNT, {"pipelines": list(pipelines)}).scalar() or 0)
+
+
+# --- observability: queue depth, fleet report, health --------------------------------------------
+
+# Only live rows are read (both partial indexes cover them), so the cost does not grow with
+# history; pending counts runs that are due, not those scheduled for later.
+_QUEUE_DEPTH = text("""
+    SELECT pipeline, status, count(*) AS runs,
+           COALESCE(EXTRACT(EPOCH FROM now() - min(run_at)), 0)::double precision AS oldest_s
+    FROM runs
+    WHERE (status = 'pending' AND run_at <= now()) OR status = 'running'
+    GROUP BY pipeline, status
+""")
+
+_FINISHED_SINCE = """
+    status IN ('succeeded', 'failed', 'timed_out')
+    AND finished_at >= now() - make_interval(secs => :window)
+"""
+
+_FLEET_REPORT = text(f"""
+    SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+           avg(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS avg_s,
+           min(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS min_s,
+           max(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS max_s
+    FROM runs
+    WHERE {_FINISHED_SINCE}
+""")
+
+# A run is stuck when it is interrupted (see _INTERRUPTED_WHERE) or still running well past its
+# time limit, which means no worker is enforcing it.
+_STUCK_WHERE = f"""
+    ({_INTERRUPTED_WHERE}
+     OR (r.status = 'running'
+         AND r.started_at + r.timeout + make_interval(secs => :stale) < now()))
+"""
+
+_HEALTH = text(f"""
+    WITH finished AS (
+        SELECT count(*) AS runs,
+               count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+               avg(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS avg_s
+        FROM runs WHERE {_FINISHED_SINCE}
+    )
+    SELECT finished.runs AS finished, finished.failed, finished.avg_s,
+           (SELECT count(*) FROM runs WHERE status = 'pending' AND run_at <= now()) AS backlog,
+           (SELECT count(*) FROM runs WHERE status = 'pending'
+              AND run_at <= now() - make_interval(secs => :backlog_for)) AS backlog_waiting,
+           (SELECT count(*) FROM workers WHERE stopped_at IS NULL
+              AND heartbeat_at >= now() - make_interval(secs => :stale)) AS live_workers,
+           (SELECT array_agg(id ORDER BY id) FROM workers WHERE stopped_at IS NULL
+              AND heartbeat_at < now() - make_interval(secs => :stale)) AS silent_workers,
+           (SELECT count(*) FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+              WHERE {_STUCK_WHERE}) AS stuck_runs,
+           (SELECT max(finished_at) FROM runs WHERE finished_at IS NOT NULL) AS last_activity
+    FROM finished
+""")
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    pipeline: str
+    status: str
+    runs: int
+    oldest_s: float
+
+
+def queue_depth(conn: Connection) -> list[QueueDepth]:
+    """Due pending and running runs by pipeline and status, with the age of the oldest."""
+    return [QueueDepth(**row) for row in conn.execute(_QUEUE_DEPTH).mappings()]
+
+
+def fleet_report(conn: Connection, window: timedelta) -> Row[Any]:
+    """Counts and durations of the runs that finished within ``window`` (cancelled runs aside)."""
+    return conn.execute(_FLEET_REPORT, {"window": window.total_seconds()}).one()
+
+
+def health_snapshot(
+    conn: Connection, *, window: timedelta, backlog_for: timedelta, stale_after: timedelta
+) -> Row[Any]:
+    """Everything the health rules read, in one statement."""
+    params = {
+        "window": window.total_seconds(),
+        "backlog_for": backlog_for.total_seconds(),
+        "stale": stale_after.total_seconds(),
+    }
+    return conn.execute(_HEALTH, params).one()

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
 
     METRICS_PORT: int = Field(default=0, ge=0, le=65535)
     METRICS_HOST: str = "127.0.0.1"
+    # supervisord sets it from %(process_num)d so each process of a group serves its own port.
+    ORBIT_PROCESS_NUM: int = Field(default=0, ge=0, le=1000)
+    QUEUE_METRICS_INTERVAL: Duration = timedelta(seconds=5)
+
+    # Health rules (`orbit health`, GET /health); the defaults are the alert rules of the guide.
+    HEALTH_FAILURE_RATE: float = Field(default=5.0, ge=0, le=100)
+    HEALTH_FAILURE_WINDOW: Duration = timedelta(minutes=5)
+    HEALTH_BACKLOG: int = Field(default=100, ge=0)
+    HEALTH_BACKLOG_FOR: Duration = timedelta(minutes=10)
+    HEALTH_AVG_DURATION: Duration = timedelta(seconds=60)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
@@ -97,12 +107,19 @@ class Settings(BaseSettings):
         for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "SHUTDOWN_GRACE"):
             if getattr(self, name) <= timedelta(0) and name != "SHUTDOWN_GRACE":
                 raise ValueError(f"{name}: must be greater than zero")
+        if self.METRICS_PORT and self.METRICS_PORT + self.ORBIT_PROCESS_NUM > 65535:
+            raise ValueError("METRICS_PORT + ORBIT_PROCESS_NUM: must be at most 65535")
         return self
 
     @property
     def stale_after(self) -> timedelta:
         """How long a run's heartbeat may be silent before the run counts as interrupted."""
         return self.STALE_AFTER or 3 * self.HEARTBEAT_INTERVAL
+
+    @property
+    def metrics_port(self) -> int:
+        """This process's HTTP port (0: no server): METRICS_PORT plus the supervisord process number."""
+        return self.METRICS_PORT + self.ORBIT_PROCESS_NUM if self.METRICS_PORT else 0
 
     @property
     def pipeline_modules(self) -> list[str]:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any, TypeVar
 
@@ -28,9 +29,11 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import __version__, arguments, logs, queries
+from app import __version__, arguments, health, logs, queries
 from app.database import Database, DatabaseError, check_schema, make_engine, migrate, resolve
 from app.executor import ChildConfig, ExecutorPool, Outcome
+from app.http_server import HttpServer, HttpServerError
+from app.metrics import QueueCollector, Throttle, WorkerMetrics
 from app.notifier import Notifier
 from app.outcomes import Backoff, Failure, release, transition_for
 from app.queries import ClaimedRun, Success, Transition
@@ -116,11 +119,22 @@ class Worker:
         self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
         report_every = s.METRICS_INTERVAL.total_seconds()
         self._report = _Every(report_every, time.monotonic() + report_every)
+        self._last_beat = time.monotonic()
+        self.metrics = WorkerMetrics(self.defaults)
+        self.metrics.watch(lambda: time.monotonic() - self._last_beat, lambda: len(self.pool.busy))
+        every = s.QUEUE_METRICS_INTERVAL.total_seconds()
+        self.metrics.registry.register(QueueCollector(self._queue_depth, every, self.defaults))
+        self._fleet_health = Throttle(lambda: health.check(self.engine, s), every)
+        self.http: HttpServer | None = None
+        if s.metrics_port:
+            self.http = HttpServer(s.METRICS_HOST, s.metrics_port, self.metrics.registry, self.health)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Work until stopped (or, with ``burst``, until nothing is runnable); returns 0."""
+        if self.http is not None:
+            self.http.start()
         restore_signals = self._install_signals()
         self.pool.start()
         notifier = Notifier(self.database.direct_url, self.wake)
@@ -137,6 +151,8 @@ class Worker:
         finally:
             notifier.stop()
             self._finish()
+            if self.http is not None:
+                self.http.stop()
             restore_signals()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -226,6 +242,7 @@ class Worker:
             return None
         for run in claimed:
             self.pool.submit(run)
+            self.metrics.run_claimed(run)
             self.log.info("Run started", **_run_fields(run))
         if claimed:
             self._next_poll = now  # found work: poll again as soon as a slot is free
@@ -270,7 +287,8 @@ class Worker:
         if self._heartbeat.ready(now):
             self._beat()
         if self._rescue.ready(now) and not self.stopping:
-            self._db(self.rescuer.run_once)
+            recovered = self._db(self.rescuer.run_once)
+            self.metrics.recovered.inc(recovered or 0)
         if self._report.ready(now):
             self.log.info("Worker Metrics Report", **self.stats.report(now))
 
@@ -282,12 +300,14 @@ class Worker:
         if outcome.failure is None:
             self._successes.append(Success(run.id, run.attempt, outcome.result_json or "null"))
             self.stats.record(success=True, duration=outcome.duration)
+            self.metrics.attempt_ended(run.pipeline, "succeeded", outcome.duration)
             self.log.info("Run succeeded", duration_ms=round(outcome.duration * 1000), **fields)
         else:
             transition = transition_for(run, outcome.failure, self.backoff)
             self._transitions.append(transition)
             if outcome.failure.snooze is None:
                 self.stats.record(success=False, duration=outcome.duration)
+                self.metrics.attempt_ended(run.pipeline, str(transition.status), outcome.duration)
             self._log_failure(outcome.failure, transition, fields)
         self._unwritten[run.id] = run.attempt
 
@@ -342,6 +362,7 @@ class Worker:
         still_ours = self._db(lambda conn: queries.heartbeat(conn, self.options.worker_id, held))
         if still_ours is None:
             return
+        self._last_beat = time.monotonic()
         for run_id in set(held) - still_ours:
             # Cancelled, or rescued by another worker while this one was unreachable.
             gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
@@ -369,6 +390,28 @@ class Worker:
         self._db_failures = 0
         self._db_retry_at = 0.0
         return result
+
+    # --- observability (read from the HTTP thread) --------------------------------------------
+
+    def _queue_depth(self) -> list[queries.QueueDepth]:
+        with self.engine.connect() as conn:
+            return queries.queue_depth(conn)
+
+    def health(self) -> health.Health:
+        """The fleet's health, plus this worker's own heartbeat: silent past STALE_AFTER is an error."""
+        fleet = self._fleet_health.get()
+        problems = list(fleet.problems)
+        silent = time.monotonic() - self._last_beat
+        if silent > self.settings.stale_after.total_seconds():
+            problems.append(
+                health.Problem(health.Status.ERROR, f"this worker's last heartbeat was {silent:.0f}s ago")
+            )
+        return health.Health(problems, self._last_activity(), fleet.stuck_runs)
+
+    def _last_activity(self) -> datetime | None:
+        if self.stats.last_activity is None:
+            return None
+        return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.stats.last_activity)
 
     def _sleep(self, seconds: float) -> None:
         wait([self._wake_r], max(0.0, seconds))
@@ -427,12 +470,11 @@ def start(args: argparse.Namespace) -> int:
         settings.LOG_BACKUPS,
     )
     try:
-        worker = build(settings, burst=args.burst)
-    except RegistryError as exc:
+        return build(settings, burst=args.burst).run()
+    except (RegistryError, HttpServerError) as exc:
         return _refuse(exc, status=2)
     except DatabaseError as exc:
         return _refuse(exc, status=1)
-    return worker.run()
 
 
 def _refuse(exc: Exception, *, status: int) -> int:

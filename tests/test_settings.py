@@ -70,3 +70,21 @@ def test_postgresql_urls_are_accepted_as_they_are() -> None:
     settings = load_settings(DATABASE_URL="postgres://u:p@db:5432/orbit?pgbouncer=true")
     assert settings.DATABASE_URL is not None
     assert settings.DIRECT_URL is None
+
+
+def test_health_defaults_are_the_guide_alert_rules() -> None:
+    """5% failures over 5 minutes, 100 runs for 10 minutes, 60 s average; queue gauges every 5 s."""
+    settings = load_settings()
+    assert settings.HEALTH_FAILURE_RATE == 5
+    assert timedelta(minutes=5) == settings.HEALTH_FAILURE_WINDOW
+    assert settings.HEALTH_BACKLOG == 100
+    assert timedelta(minutes=10) == settings.HEALTH_BACKLOG_FOR
+    assert timedelta(seconds=60) == settings.HEALTH_AVG_DURATION
+    assert timedelta(seconds=5) == settings.QUEUE_METRICS_INTERVAL
+    assert settings.metrics_port == 0
+
+
+def test_a_metrics_port_past_65535_is_refused() -> None:
+    """METRICS_PORT + ORBIT_PROCESS_NUM must stay a valid port."""
+    with pytest.raises(SettingsError, match="METRICS_PORT \\+ ORBIT_PROCESS_NUM"):
+        load_settings(METRICS_PORT=65530, ORBIT_PROCESS_NUM=6)

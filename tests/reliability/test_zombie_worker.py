@@ -14,7 +14,7 @@ from app import enqueue
 from app.states import RunStatus
 from tests.conftest import fetch_run
 from tests.support.waiting import wait_until
-from tests.support.workers import process_alive
+from tests.support.workers import process_alive, stderr_of
 
 Spawn = Callable[..., subprocess.Popen[str]]
 
@@ -55,7 +55,7 @@ def test_a_zombie_worker_is_fenced_out_and_stops_its_executor(
         assert run.result["attempt"] == 2
     finally:
         zombie.send_signal(signal.SIGCONT)
-    wait_until(lambda: rejection in zombie.stderr_path.read_text(), what="the zombie to notice")  # type: ignore[attr-defined]
+    wait_until(lambda: rejection in stderr_of(zombie), what="the zombie to notice")
     if first_seconds > 60:
         wait_until(lambda: not process_alive(first_pid), what="the zombie's executor to stop")
     run = fetch_run(engine, run_id)

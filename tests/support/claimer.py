@@ -1,4 +1,7 @@
-"""A bare claiming loop in its own process: ``python -m tests.support.claimer URL BATCH``.
+"""A bare claiming loop in its own process: ``python -m tests.support.claimer URL BATCH GATE``.
+
+It announces itself by creating ``GATE/<pid>.ready`` and starts when ``GATE/go`` exists, so that
+all claimers race from the same moment.
 
 Claims up to BATCH runs with the worker's own claim statement, logs each execution as
 (run_id, attempt, pid) in the side table, completes them with the worker's fenced completion,
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -20,8 +25,18 @@ _LOG = text(
 )
 
 
-def main(url: str, batch: int) -> int:
+def _wait_for_the_start(gate: Path) -> None:
+    (gate / f"{os.getpid()}.ready").touch()
+    deadline = time.monotonic() + 120
+    while not (gate / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def main(url: str, batch: int, gate: Path) -> int:
     engine = make_engine(url, pool_size=1)
+    with engine.connect():
+        pass  # connected before the start, like a running worker
+    _wait_for_the_start(gate)
     me = f"claimer-{os.getpid()}"
     defaults = {"test.noop": (3, 60.0)}
     while True:
@@ -39,4 +54,4 @@ def main(url: str, batch: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])))

@@ -202,3 +202,10 @@ def blocking_socket(ctx: Context, params: dict[str, Any]) -> None:
     left, _right = socket.socketpair()
     left.recv(1)  # nothing will ever arrive
     record(ctx, "after-recv")
+
+
+@pipeline("test.log", max_attempts=1)
+def log_lines(ctx: Context, params: dict[str, Any]) -> None:
+    ctx.log.info("Pipeline says hello", note=params.get("note", ""))
+    if params.get("fail"):
+        raise RuntimeError(f"cannot reach {params['fail']}")

@@ -29,3 +29,8 @@ def process_alive(pid: int) -> bool:
 
 def error_kinds(run: Any) -> list[str]:
     return [entry["kind"] for entry in run.errors]
+
+
+def stderr_of(proc: Any) -> str:
+    """What a worker started by the ``spawn_worker`` fixture wrote to stderr so far."""
+    return str(proc.stderr_path.read_text())

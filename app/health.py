@@ -1,0 +1,127 @@
+"""Health of the fleet, from the database: the alert rules of the worker guide as defaults.
+
+The same rules answer ``orbit health`` and a worker's ``GET /health``. Each rule yields a problem
+with a severity; the worst severity is the status. Thresholds are settings (``HEALTH_*``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import queries
+from app.durations import format_duration
+from app.settings import Settings
+
+
+class Status(IntEnum):
+    """Ordered by severity; the value is the exit status of ``orbit health``."""
+
+    HEALTHY = 0
+    WARNING = 1
+    ERROR = 2
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Problem:
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class Health:
+    """The guide's health shape: status, message, lastActivity, stuckRuns (and the problems)."""
+
+    problems: list[Problem] = field(default_factory=list)
+    last_activity: datetime | None = None
+    stuck_runs: int = 0
+
+    @property
+    def status(self) -> Status:
+        return max((p.status for p in self.problems), default=Status.HEALTHY)
+
+    @property
+    def message(self) -> str:
+        worst = [p.message for p in self.problems if p.status == self.status]
+        return "; ".join(worst) if worst else "all checks pass"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "message": self.message,
+            "lastActivity": None if self.last_activity is None else self.last_activity.isoformat(),
+            "stuckRuns": self.stuck_runs,
+            "problems": [{"status": str(p.status), "message": p.message} for p in self.problems],
+        }
+
+
+def check(engine: Engine, settings: Settings) -> Health:
+    """Evaluate the rules against the database; an unreachable database is an error."""
+    try:
+        with engine.connect() as conn:
+            snapshot = queries.health_snapshot(
+                conn,
+                window=settings.HEALTH_FAILURE_WINDOW,
+                backlog_for=settings.HEALTH_BACKLOG_FOR,
+                stale_after=settings.stale_after,
+            )
+    except SQLAlchemyError as exc:
+        return Health([Problem(Status.ERROR, f"database unreachable: {_first_line(exc)}")])
+    return Health(rules(snapshot, settings), snapshot.last_activity, int(snapshot.stuck_runs))
+
+
+def rules(snapshot: Any, settings: Settings) -> list[Problem]:
+    """The problems a health snapshot shows (see :func:`app.queries.health_snapshot`)."""
+    window = format_duration(settings.HEALTH_FAILURE_WINDOW)
+    problems = []
+    if snapshot.finished:
+        rate = 100 * snapshot.failed / snapshot.finished
+        if rate > settings.HEALTH_FAILURE_RATE:
+            problems.append(
+                Problem(
+                    Status.WARNING,
+                    f"failure rate {rate:.1f}% over {window} ({snapshot.failed} of "
+                    f"{snapshot.finished} runs) exceeds {settings.HEALTH_FAILURE_RATE:g}%",
+                )
+            )
+        limit = settings.HEALTH_AVG_DURATION.total_seconds()
+        if snapshot.avg_s is not None and snapshot.avg_s > limit:
+            problems.append(
+                Problem(
+                    Status.WARNING, f"average duration {snapshot.avg_s:.1f}s over {window} exceeds {limit:g}s"
+                )
+            )
+    if snapshot.backlog_waiting > settings.HEALTH_BACKLOG:
+        problems.append(
+            Problem(
+                Status.WARNING,
+                f"{snapshot.backlog_waiting} runs have waited over "
+                f"{format_duration(settings.HEALTH_BACKLOG_FOR)} (limit {settings.HEALTH_BACKLOG}); "
+                f"{snapshot.backlog} pending in all",
+            )
+        )
+    if snapshot.silent_workers:
+        names = ", ".join(snapshot.silent_workers)
+        problems.append(Problem(Status.WARNING, f"no heartbeat from worker(s): {names}"))
+    if snapshot.backlog and not snapshot.live_workers:
+        problems.append(Problem(Status.ERROR, f"{snapshot.backlog} runs pending and no live worker"))
+    if snapshot.stuck_runs:
+        problems.append(
+            Problem(Status.WARNING, f"{snapshot.stuck_runs} stuck run(s): see orbit check-interrupted")
+        )
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    from app.database import mask_url
+
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_url(lines[0]) if lines else type(exc).__name__

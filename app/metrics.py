@@ -1,0 +1,160 @@
+"""Prometheus metrics of one worker process, in a registry of its own.
+
+Counters and histograms are updated by the worker loop as runs are claimed and end. Queue depth
+and the oldest pending run come from one cheap query, run when Prometheus scrapes and at most
+every ``QUEUE_METRICS_INTERVAL``, so an idle scrape target costs the database nothing extra.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.queries import ClaimedRun, QueueDepth
+
+T = TypeVar("T")
+
+# Runs last from milliseconds to the default time limit of ten minutes, and beyond.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+FINAL_OUTCOMES = ("succeeded", "failed", "timed_out")
+LIVE_STATUSES = ("pending", "running")
+
+
+class WorkerMetrics:
+    """The metrics objects of one worker; ``registry`` is what ``/metrics`` serves."""
+
+    def __init__(self, pipelines: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.claimed = Counter("orbit_runs_claimed", "Runs claimed by this worker", ["pipeline"], registry=r)
+        self.completed = Counter(
+            "orbit_runs_completed",
+            "Runs this worker ended, by final outcome (succeeded, failed, timed_out)",
+            ["pipeline", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "orbit_run_duration_seconds",
+            "Duration of each attempt this worker ran (retried attempts included)",
+            ["pipeline"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "orbit_retries_scheduled", "Failed attempts put back for a retry", ["pipeline"], registry=r
+        )
+        self.recovered = Counter(
+            "orbit_runs_recovered", "Interrupted runs recovered by this worker's rescuer", registry=r
+        )
+        self.claim_latency = Histogram(
+            "orbit_claim_latency_seconds",
+            "Seconds from a run being due to its claim",
+            ["pipeline"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.heartbeat_age = Gauge(
+            "orbit_worker_heartbeat_age_seconds",
+            "Seconds since this worker last wrote its heartbeat",
+            registry=r,
+        )
+        self.in_flight = Gauge("orbit_runs_in_flight", "Runs executing in this worker now", registry=r)
+        for pipeline in pipelines:
+            # Series exist from the start, so rate() sees the first increment.
+            self.claimed.labels(pipeline)
+            self.retries.labels(pipeline)
+            for outcome in FINAL_OUTCOMES:
+                self.completed.labels(pipeline, outcome)
+
+    def watch(self, heartbeat_age: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        """Read these gauges from the worker at scrape time."""
+        self.heartbeat_age.set_function(heartbeat_age)
+        self.in_flight.set_function(in_flight)
+
+    def run_claimed(self, run: ClaimedRun) -> None:
+        self.claimed.labels(run.pipeline).inc()
+        self.claim_latency.labels(run.pipeline).observe(run.waited_s)
+
+    def attempt_ended(self, pipeline: str, outcome: str, duration: float) -> None:
+        """Record an attempt; ``outcome`` is a final one, or ``pending`` for a scheduled retry."""
+        self.duration.labels(pipeline).observe(duration)
+        if outcome in FINAL_OUTCOMES:
+            self.completed.labels(pipeline, outcome).inc()
+        else:
+            self.retries.labels(pipeline).inc()
+
+
+class Throttle(Generic[T]):
+    """Call ``fetch`` at most every ``every`` seconds; between calls, return the last value."""
+
+    def __init__(self, fetch: Callable[[], T], every: float, clock: Callable[[], float] = time.monotonic):
+        self._fetch, self._every, self._clock = fetch, every, clock
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._at: float | None = None
+
+    def get(self) -> T:
+        with self._lock:
+            now = self._clock()
+            if self._value is None or self._at is None or now - self._at >= self._every:
+                self._value, self._at = self._fetch(), now
+            return self._value
+
+
+class QueueCollector:
+    """``orbit_queue_depth``, ``orbit_oldest_pending_run_age_seconds`` and ``orbit_database_up``."""
+
+    def __init__(self, read: Callable[[], list[QueueDepth]], every: float, pipelines: Iterable[str]) -> None:
+        self._pipelines = sorted(pipelines)
+        self._snapshot = Throttle(lambda: self._read(read), every)
+
+    @staticmethod
+    def _read(read: Callable[[], list[QueueDepth]]) -> list[QueueDepth] | None:
+        try:
+            return read()
+        except SQLAlchemyError:
+            return None
+
+    def describe(self) -> list[Metric]:
+        # Registration would otherwise call collect(), and query the database, at start-up.
+        return [
+            GaugeMetricFamily("orbit_queue_depth", "", labels=["pipeline", "status"]),
+            GaugeMetricFamily("orbit_oldest_pending_run_age_seconds", "", labels=["pipeline"]),
+            GaugeMetricFamily("orbit_database_up", ""),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self._snapshot.get()
+        yield GaugeMetricFamily(
+            "orbit_database_up", "1 when the last queue query succeeded", value=int(rows is not None)
+        )
+        if rows is None:
+            return
+        depth = GaugeMetricFamily(
+            "orbit_queue_depth",
+            "Runs by pipeline and status, fleet-wide (pending: due now)",
+            labels=["pipeline", "status"],
+        )
+        oldest = GaugeMetricFamily(
+            "orbit_oldest_pending_run_age_seconds",
+            "Seconds the oldest due pending run has waited, fleet-wide",
+            labels=["pipeline"],
+        )
+        counts = {(p, s): 0.0 for p in self._pipelines for s in LIVE_STATUSES}
+        ages = dict.fromkeys(self._pipelines, 0.0)
+        for row in rows:
+            counts[row.pipeline, row.status] = float(row.runs)
+            if row.status == "pending":
+                ages[row.pipeline] = row.oldest_s
+        for (pipeline, status), value in sorted(counts.items()):
+            depth.add_metric([pipeline, status], value)
+        for pipeline, age in sorted(ages.items()):
+            oldest.add_metric([pipeline], age)
+        yield depth
+        yield oldest

@@ -1,0 +1,82 @@
+"""The SQL of docs/observability.md runs against the schema and returns what the tests put in."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.support.runs import finished_run, pending_run, running_run, worker_row
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+
+
+def _queries() -> dict[str, str]:
+    blocks = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.DOTALL)
+    named = {}
+    for block in blocks:
+        match = re.match(r"-- name: ([\w-]+)\n", block)
+        assert match, f"an SQL example without a '-- name:' line: {block[:60]!r}"
+        named[match.group(1)] = block
+    return named
+
+
+def _run(engine: Engine, name: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(_queries()[name])))
+
+
+def test_the_documented_queries_are_the_expected_ones() -> None:
+    """The page answers what an operator asks: what is stuck, what failed and why, what is slow."""
+    assert set(_queries()) == {
+        "queue-summary",
+        "stuck-runs",
+        "failed-today",
+        "errors-today",
+        "slowest-pipelines",
+        "hourly-throughput",
+        "workers",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_queries()))
+def test_each_query_runs_on_an_empty_database(engine: Engine, name: str) -> None:
+    """Every example is valid against the current schema."""
+    assert _run(engine, name) == []
+
+
+def test_queue_summary_and_stuck_runs(engine: Engine) -> None:
+    """Due pending runs are counted with their wait; a silent running run is listed as stuck."""
+    worker_row(engine, "alive")
+    for _ in range(3):
+        pending_run(engine, "p.a", due_ago=120)
+    pending_run(engine, "p.a", due_ago=-3600)  # scheduled for later: not in the queue yet
+    healthy = running_run(engine, "p.b", "alive")
+    stuck = running_run(engine, "p.b", "alive", heartbeat_ago=600)
+    summary = {(r.pipeline, r.status): r for r in _run(engine, "queue-summary")}
+    assert summary["p.a", "pending"].runs == 3
+    assert summary["p.a", "pending"].longest_wait.total_seconds() >= 120
+    assert summary["p.b", "running"].runs == 2
+    assert [r.id for r in _run(engine, "stuck-runs")] == [stuck]
+    assert healthy != stuck
+    assert {(r.id, r.running) for r in _run(engine, "workers")} == {("alive", 2)}
+
+
+def test_failures_and_slowest_pipelines(engine: Engine) -> None:
+    """Failed runs of today are listed with their error; pipelines are ranked by average duration."""
+    failed = finished_run(engine, "p.fail", "failed", error="ValueError: bad input")
+    finished_run(engine, "p.slow", "succeeded", duration=30)
+    finished_run(engine, "p.fast", "succeeded", duration=1)
+    finished_run(engine, "p.fast", "succeeded", duration=3)
+    rows = _run(engine, "failed-today")
+    # A run that failed just after midnight UTC may fall on either side of the day boundary.
+    assert [(r.id, r.error) for r in rows] in ([(failed, "ValueError: bad input")], [])
+    slowest = _run(engine, "slowest-pipelines")
+    assert [(r.pipeline, r.runs) for r in slowest] == [("p.slow", 1), ("p.fast", 2)]
+    assert slowest[1].avg_duration.total_seconds() == pytest.approx(2.0)
+    hourly = _run(engine, "hourly-throughput")
+    assert sum(r.succeeded for r in hourly) == 3
+    assert sum(r.failed for r in hourly) == 1

@@ -1,0 +1,168 @@
+"""Prometheus metrics: a real worker scraped over HTTP, values checked against what it ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from app import enqueue
+from app.metrics import QueueCollector, WorkerMetrics
+from app.queries import QueueDepth
+from app.states import RunStatus
+from tests.conftest import fetch_run
+from tests.support.http import answers, free_port, get, samples
+from tests.support.runs import finished_run, running_run, worker_row
+from tests.support.waiting import wait_until
+
+
+def _enqueue(engine: Engine, pipeline: str, params: dict[str, Any] | None = None, **kw: Any) -> int:
+    with engine.begin() as conn:
+        return enqueue(pipeline, params or {}, connection=conn, **kw)
+
+
+def _finished(engine: Engine, run_ids: list[int]) -> bool:
+    live = (RunStatus.PENDING, RunStatus.RUNNING)
+    return all(fetch_run(engine, i).status not in live for i in run_ids)
+
+
+def test_scraped_metrics_match_what_the_worker_ran(
+    engine: Engine, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """Claims, outcomes, retries, durations and queue depth as scraped from /metrics."""
+    ok = [_enqueue(engine, "test.noop") for _ in range(3)]
+    failing = _enqueue(engine, "test.fail")  # three attempts: two retries, then failed
+    hopeless = _enqueue(engine, "test.fail_now")
+    waiting = [_enqueue(engine, "test.echo") for _ in range(4)]  # not served by this worker
+    port = free_port()
+    spawn_worker(
+        "--pipelines",
+        "test.[nf]*",
+        env={"METRICS_PORT": str(port), "QUEUE_METRICS_INTERVAL": "0", "RECOVERY_INTERVAL": "0"},
+    )
+    wait_until(lambda: _finished(engine, [*ok, failing, hopeless]), 60, "the runs to finish")
+    assert fetch_run(engine, failing).status == RunStatus.FAILED
+    page = wait_until(lambda: answers(port), 30, "the metrics endpoint")
+    assert page.status == 200
+    values = samples(page.body)
+
+    def value(name: str, **labels: str) -> float:
+        return values[name, tuple(sorted(labels.items()))]
+
+    assert value("orbit_runs_claimed_total", pipeline="test.noop") == 3
+    assert value("orbit_runs_claimed_total", pipeline="test.fail") == 3
+    assert value("orbit_runs_completed_total", pipeline="test.noop", outcome="succeeded") == 3
+    assert value("orbit_runs_completed_total", pipeline="test.fail", outcome="failed") == 1
+    assert value("orbit_runs_completed_total", pipeline="test.fail_now", outcome="failed") == 1
+    assert value("orbit_runs_completed_total", pipeline="test.noop", outcome="failed") == 0
+    assert value("orbit_retries_scheduled_total", pipeline="test.fail") == 2
+    assert value("orbit_run_duration_seconds_count", pipeline="test.fail") == 3
+    assert value("orbit_run_duration_seconds_count", pipeline="test.noop") == 3
+    assert value("orbit_claim_latency_seconds_count", pipeline="test.noop") == 3
+    assert value("orbit_runs_recovered_total") == 0
+    assert value("orbit_runs_in_flight") == 0
+    assert value("orbit_database_up") == 1
+    assert value("orbit_queue_depth", pipeline="test.echo", status="pending") == len(waiting)
+    assert value("orbit_queue_depth", pipeline="test.noop", status="pending") == 0
+    assert value("orbit_oldest_pending_run_age_seconds", pipeline="test.echo") > 0
+    assert 0 <= value("orbit_worker_heartbeat_age_seconds") < 30
+
+
+def test_health_endpoint_turns_warning_when_a_run_is_stuck(
+    engine: Engine, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """/health of a worker is healthy, then warning (still 200) with stuckRuns once a run is stuck."""
+    port = free_port()
+    spawn_worker(env={"METRICS_PORT": str(port), "QUEUE_METRICS_INTERVAL": "0", "RECOVERY_INTERVAL": "0"})
+    first = wait_until(lambda: answers(port, "/health"), 30, "the health endpoint")
+    assert (first.status, json.loads(first.body)["status"]) == (200, "healthy")
+    worker_row(engine, "crashed-worker", stopped=True)
+    running_run(engine, "test.sleep", "crashed-worker", heartbeat_ago=3600)
+    reply = get(port, "/health")
+    body = json.loads(reply.body)
+    assert (reply.status, body["status"], body["stuckRuns"]) == (200, "warning", 1)
+    assert "1 stuck run(s)" in body["message"]
+
+
+def test_queue_gauges_query_the_database_at_most_every_interval() -> None:
+    """Scrapes within QUEUE_METRICS_INTERVAL reuse one query; a failing query reports database down."""
+    calls: list[int] = []
+
+    def read() -> list[QueueDepth]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise OperationalError("SELECT", {}, Exception("gone"))
+        return [QueueDepth("p", "pending", 7, 12.5)]
+
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(read, 3600, ["p", "q"]))
+    for _ in range(3):
+        values = samples(generate_latest(registry).decode())
+    assert len(calls) == 1
+    assert values["orbit_queue_depth", (("pipeline", "p"), ("status", "pending"))] == 7
+    assert values["orbit_queue_depth", (("pipeline", "q"), ("status", "running"))] == 0
+    assert values["orbit_oldest_pending_run_age_seconds", (("pipeline", "p"),)] == 12.5
+
+    down = CollectorRegistry()
+    down.register(QueueCollector(read, 0, ["p"]))
+    values = samples(generate_latest(down).decode())
+    assert values["orbit_database_up", ()] == 0
+    assert not any(name == "orbit_queue_depth" for name, _ in values)
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    """Every exported name has the orbit_ prefix; counters end in _total, durations in _seconds."""
+    metrics = WorkerMetrics(["p"])
+    metrics.attempt_ended("p", "succeeded", 0.2)
+    metrics.registry.register(QueueCollector(lambda: [], 0, ["p"]))
+    names = {name for name, _ in samples(generate_latest(metrics.registry).decode())}
+    assert names and all(name.startswith("orbit_") for name in names)
+    assert {"orbit_runs_claimed_total", "orbit_run_duration_seconds_bucket"} <= names
+
+
+def test_orbit_metrics_reports_the_fleet_from_the_runs_table(
+    engine: Engine, orbit: Callable[..., Any]
+) -> None:
+    """The fleet report counts runs finished within --since: 3 succeeded, 1 failed, durations."""
+    for duration in (1, 2, 3):
+        finished_run(engine, "test.noop", "succeeded", duration=duration, ago=60)
+    finished_run(engine, "test.fail", "timed_out", duration=6, ago=120)
+    finished_run(engine, "test.fail", "failed", duration=100, ago=7200)  # before the window
+    finished_run(engine, "test.noop", "cancelled", ago=60)
+    worker_row(engine, "w1")
+    running_run(engine, "test.sleep", "w1")
+    result = orbit("metrics", "--json", "--since", "1h")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "window": "1h",
+        "totalRuns": 4,
+        "succeeded": 3,
+        "failed": 1,
+        "errorRate": "25.00%",
+        "successRate": "75.00%",
+        "runsPerHour": "4.00",
+        "avgDuration": "3000ms",
+        "minDuration": "1000ms",
+        "maxDuration": "6000ms",
+        "pendingNow": 0,
+        "runningNow": 1,
+    }
+    wider = json.loads(orbit("metrics", "--json", "--since", "3h").stdout)
+    assert (wider["totalRuns"], wider["maxDuration"]) == (5, "100000ms")
+    text = orbit("metrics")
+    assert text.returncode == 0
+    assert "Fleet Metrics Report" in text.stdout and "errorRate:" in text.stdout
+
+
+def test_orbit_metrics_rejects_a_bad_window(orbit: Callable[..., Any]) -> None:
+    """A --since that is not a duration exits 2 with one line."""
+    result = orbit("metrics", "--since", "yesterday")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "--since 'yesterday'" in result.stderr
