@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from sqlalchemy.exc import ProgrammingError
 from app import enqueue, queries
 from app.states import RunStatus
 from tests.conftest import ROOT, fetch_run
+from tests.support.http import free_port, get
+from tests.support.waiting import wait_until
 
 ROLES = (ROOT / "deploy" / "roles.sql").read_text()
 CANARY_PASSWORD = "canary-pw-7f3a9"
@@ -96,3 +99,31 @@ def test_no_password_or_params_in_any_log(
     for content in written:
         assert CANARY_PASSWORD not in content
         assert CANARY_PARAM not in content
+
+
+def test_no_password_or_params_in_metrics_and_the_endpoint_is_local(
+    engine: Engine, worker_env: dict[str, str], spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    url = (
+        make_url(worker_env["DATABASE_URL"])
+        .set(password=CANARY_PASSWORD)
+        .render_as_string(hide_password=False)
+    )
+    with engine.begin() as conn:
+        ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
+        enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
+    port = free_port()
+    worker = spawn_worker(env={"DATABASE_URL": url, "METRICS_PORT": str(port)})
+    wait_until(lambda: fetch_run(engine, ok).status == RunStatus.SUCCEEDED, what="the run to finish")
+    pages = [get(port, path).body for path in ("/metrics", "/health")]
+    assert "orbit_runs_claimed_total" in pages[0]
+    for page in pages:
+        assert CANARY_PASSWORD not in page and CANARY_PARAM not in page
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A"
+    ]
+    assert f"0100007F:{port:04X}" in listening, "the endpoint should listen on 127.0.0.1 only"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
