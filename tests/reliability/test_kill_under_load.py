@@ -76,9 +76,12 @@ def test_sigkilled_workers_lose_no_run_and_recover_within_the_bound(
             lambda: [i for i, w in enumerate(workers) if _held(engine, w)[1]], what="a worker holding runs"
         )
         victim = rng.choice(slot)
-        in_flight.append(_held(engine, workers[victim]))
+        killed_at, _ = _held(engine, workers[victim])
         workers[victim].send_signal(signal.SIGKILL)
         workers[victim].wait(timeout=30)
+        # Read after the kill: a dead worker changes nothing, and its runs stay `running` until
+        # they go stale, so this is exactly what it held when it died.
+        in_flight.append((killed_at, _held(engine, workers[victim])[1]))
         workers[victim] = spawn_worker("--concurrency", "2", env=ENV)
     wait_until(lambda: _succeeded(engine) == runs, timeout=600, what="every run to succeed")
 
