@@ -80,3 +80,37 @@ def test_failures_and_slowest_pipelines(engine: Engine) -> None:
     hourly = _run(engine, "hourly-throughput")
     assert sum(r.succeeded for r in hourly) == 3
     assert sum(r.failed for r in hourly) == 1
+
+
+def _view(engine: Engine, sql: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql)))
+
+
+def test_the_queue_summary_view_counts_by_pipeline_and_status(engine: Engine) -> None:
+    pending_run(engine, "etl.load", due_ago=120)
+    pending_run(engine, "etl.load", due_ago=5)
+    pending_run(engine, "etl.load", due_ago=-3600)
+    finished_run(engine, "etl.load", "failed")
+    rows = {
+        (r.pipeline, r.status): r
+        for r in _view(engine, "SELECT * FROM orbit_queue_summary WHERE pipeline = 'etl.load'")
+    }
+    assert rows[("etl.load", "pending")].runs == 3
+    assert rows[("etl.load", "pending")].scheduled_later == 1
+    assert 119 <= rows[("etl.load", "pending")].oldest_due_age.total_seconds() < 180
+    assert rows[("etl.load", "failed")].runs == 1
+
+
+def test_the_interrupted_runs_view_follows_orbit_stale_after(engine: Engine) -> None:
+    worker_row(engine, "alive")
+    worker_row(engine, "gone", stopped=True)
+    silent = running_run(engine, "etl.load", "alive", heartbeat_ago=60)
+    fresh = running_run(engine, "etl.load", "alive", heartbeat_ago=1)
+    orphan = running_run(engine, "etl.load", "gone", heartbeat_ago=1)
+    sql = "SELECT id FROM orbit_interrupted_runs ORDER BY id"
+    assert [r.id for r in _view(engine, sql)] == [silent, orphan]
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL orbit.stale_after = '2 minutes'"))
+        assert [r.id for r in conn.execute(text(sql))] == [orphan]
+    assert fresh not in [r.id for r in _view(engine, sql)]
