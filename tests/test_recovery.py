@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from app import enqueue, queries, recovery
 from app.settings import Settings
 from app.states import RunStatus
 from tests.conftest import executions, fetch_run
+from tests.support.runs import running_run, worker_row
 from tests.support.waiting import wait_until
 from tests.support.workers import process_alive, run_burst
 
@@ -225,3 +227,26 @@ def test_a_late_checkpoint_from_a_lost_attempt_is_rejected(
         assert queries.succeed_many(conn, "gone", [queries.Success(run_id, 1, "1")]) == set()
     with engine.connect() as conn:
         assert queries.run_steps(conn, run_id) == []
+
+
+@pytest.mark.parametrize(("stale_after", "kept"), [("1h", set()), ("30d", {"dead-with-a-run"})])
+def test_the_rescuer_prunes_long_gone_workers_only(
+    engine: Engine, make_settings: Callable[..., Settings], stale_after: str, kept: set[str]
+) -> None:
+    """Stopped or silent past WORKER_RETENTION: deleted, unless a run is still theirs."""
+    day = 24 * 3600
+    worker_row(engine, "alive")
+    worker_row(engine, "stopped-recently", heartbeat_ago=60, stopped=True)
+    worker_row(engine, "stopped-long-ago", heartbeat_ago=2 * day, stopped=True)
+    worker_row(engine, "silent-long-ago", heartbeat_ago=2 * day)
+    worker_row(engine, "dead-with-a-run", heartbeat_ago=2 * day)
+    run_id = running_run(engine, "test.noop", "dead-with-a-run", heartbeat_ago=2 * day)
+    settings = make_settings(WORKER_RETENTION="1d", STALE_AFTER=stale_after)
+    rescuer = recovery.Rescuer(settings.stale_after, settings.WORKER_RETENTION)
+    with engine.begin() as conn:
+        rescuer.run_once(conn)
+    with engine.connect() as conn:
+        left = set(conn.execute(text("SELECT id FROM workers")).scalars())
+    assert left == {"alive", "stopped-recently"} | kept
+    expected = RunStatus.RUNNING if kept else RunStatus.PENDING
+    assert fetch_run(engine, run_id).status == expected
