@@ -209,3 +209,26 @@ def log_lines(ctx: Context, params: dict[str, Any]) -> None:
     ctx.log.info("Pipeline says hello", note=params.get("note", ""))
     if params.get("fail"):
         raise RuntimeError(f"cannot reach {params['fail']}")
+
+
+@pipeline("test.step_fails", max_attempts=1)
+def step_fails(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Step "two" fails on the first attempt and succeeds on later ones."""
+
+    def one() -> str:
+        record(ctx, "one")
+        return "a"
+
+    def two(value: str) -> str:
+        record(ctx, "two")
+        if ctx.attempt == 1:
+            raise ConnectionError("upstream unavailable")
+        return value + "b"
+
+    return {"value": ctx.step("two", two, ctx.step("one", one))}
+
+
+@pipeline("test.heartbeat", max_attempts=1)
+def heartbeat(ctx: Context, params: dict[str, Any]) -> None:
+    time.sleep(0.3)
+    ctx.heartbeat()
