@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine, text
 
 from app import enqueue, enqueue_many
 from app.states import RunStatus
-from tests.conftest import executions, fetch_run
+from tests.conftest import ROOT, executions, fetch_run
 from tests.support.waiting import wait_until
 from tests.support.workers import process_alive
 
@@ -120,3 +123,26 @@ def test_the_worker_survives_losing_its_database_connections(engine: Engine, spa
     assert _count(engine, "SELECT count(*) FROM executions") == len(first) + len(second)
     worker.send_signal(signal.SIGTERM)
     assert _exit_code(worker) == 0
+
+
+def test_a_signal_to_the_whole_process_group_is_still_a_graceful_stop(
+    engine: Engine, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """supervisord's stopasgroup and Ctrl-C signal every process of the group: the run still finishes."""
+    with engine.begin() as conn:
+        slow = enqueue("test.cooperative", {"seconds": 1}, connection=conn)
+    with (tmp_path / "worker.err").open("w") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.worker", "--concurrency", "1"],
+            env=worker_env, cwd=ROOT, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: executions(engine, "start"), what="the run to start")
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert _exit_code(worker) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    run = fetch_run(engine, slow)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.result in ("finished", "stopped early")
