@@ -16,6 +16,8 @@ from app.states import RunStatus, StepStatus
 from tests.conftest import ROOT
 from tests.support.database import fresh_database
 
+TABLES = {"runs", "run_steps", "workers", "pauses", "schedules"}
+
 
 @pytest.fixture
 def blank(server: str) -> Iterator[str]:
@@ -27,10 +29,10 @@ def test_upgrade_creates_the_tables_and_downgrade_removes_them(blank: str) -> No
     """`upgrade head` creates every table; `downgrade base` removes them."""
     migrate(blank)
     engine = make_engine(blank)
-    assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= set(inspect(engine).get_table_names())
+    assert TABLES <= set(inspect(engine).get_table_names())
     check_schema(engine)
     downgrade(blank, "base")
-    assert not {"runs", "run_steps", "workers", "pauses", "schedules"} & set(inspect(engine).get_table_names())
+    assert not TABLES & set(inspect(engine).get_table_names())
     migrate(blank)
     check_schema(engine)
     engine.dispose()
