@@ -8,7 +8,7 @@ executed again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -62,10 +62,13 @@ def resume(conn: Connection, run_id: int, stale_after: timedelta) -> Row[Any]:
 
 @dataclass
 class Rescuer:
-    """Background service of every worker: recovers interrupted runs, prunes dead workers."""
+    """Background service of every worker: recovers interrupted runs, prunes dead workers and
+    finished runs past their retention. Only the worker holding the advisory lock acts."""
 
     stale_after: timedelta
     worker_retention: timedelta
+    retention: dict[str, timedelta] = field(default_factory=dict)
+    batch: int = 1000
 
     def run_once(self, conn: Connection) -> int | None:
         """One pass in the caller's transaction; None when another worker holds the lock."""
@@ -74,3 +77,17 @@ class Rescuer:
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
         return len(recovered)
+
+    def prune_once(self, conn: Connection) -> int | None:
+        """Delete one batch of expired runs; None when another worker holds the lock.
+
+        One batch per transaction keeps row locks few and short; the caller repeats.
+        """
+        if not conn.execute(_RESCUER_LOCK).scalar():
+            return None
+        if not self.retention:
+            return 0
+        pruned = queries.prune_runs(conn, self.retention, self.batch)
+        if pruned:
+            log.info("Pruned finished runs", runs=pruned)
+        return pruned

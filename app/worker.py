@@ -45,6 +45,7 @@ from app.stats import WorkerStats
 
 log = structlog.get_logger("orbit.worker")
 T = TypeVar("T")
+PRUNE_BATCHES_PER_PASS = 10
 
 
 @dataclass
@@ -102,7 +103,7 @@ class Worker:
             ),
             on_log=logs.relay,
         )
-        self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION)
+        self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION, s.retention, s.RETENTION_BATCH)
         self.log = log.bind(worker_id=self.options.worker_id)
         self._successes: list[Success] = []
         self._transitions: list[Transition] = []
@@ -289,8 +290,17 @@ class Worker:
         if self._rescue.ready(now) and not self.stopping:
             recovered = self._db(self.rescuer.run_once)
             self.metrics.recovered.inc(recovered or 0)
+            self._prune()
         if self._report.ready(now):
             self.log.info("Worker Metrics Report", **self.stats.report(now))
+
+    def _prune(self) -> None:
+        # Bounded so a large backlog of expired runs never stalls claiming for long; the next
+        # pass continues where this one stopped.
+        for _ in range(PRUNE_BATCHES_PER_PASS):
+            pruned = self._db(self.rescuer.prune_once)
+            if pruned is None or pruned < self.rescuer.batch:
+                return
 
     # --- outcomes ----------------------------------------------------------------------------
 
