@@ -22,6 +22,7 @@ from app.database import Database, DatabaseError, make_engine, mask_url, migrate
 from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
 from app.registry import RegistryError, discover
+from app.registry import get as get_pipeline
 from app.settings import Settings, load_settings_or_exit
 from app.states import RunStatus
 from app.stats import build_report
@@ -253,6 +254,7 @@ def _enqueue_file(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} cannot be combined with --from-file")
     settings = _settings()
     discover(settings.pipeline_modules)
+    get_pipeline(args.pipeline)
     lines = _read_lines(args.from_file)
     progress = _Progress(len(lines)) if sys.stderr.isatty() else None
     runs = []
