@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("glob", metavar="GLOB", nargs="?", default="*", help="default * (everything)")
     sub.add_argument("--timeout", default="10m", help="give up after this (seconds or 10m; default 10m)")
 
+    sub = command("schedules", cmd_schedules, "list scheduled pipelines and their next fire times")
+    sub.add_argument("--json", action="store_true")
+
     sub = command("prune", cmd_prune, "delete finished runs past their retention (RETENTION)")
     sub.add_argument("--older-than", metavar="AGE", help="instead of RETENTION, for every status (e.g. 30d)")
     sub.add_argument("--dry-run", action="store_true", help="count what would be deleted")
@@ -602,6 +605,38 @@ def cmd_prune(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"deleted {total} finished run(s) and their steps")
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from app import schedules
+
+    settings = _settings()
+    scheduled = [p for _, p in sorted(discover(settings.pipeline_modules).items()) if p.schedule]
+
+    def read(conn: Connection) -> tuple[datetime, dict[str, Any]]:
+        return queries.db_now(conn), queries.list_schedules(conn)
+
+    now, stored = _transaction(read)
+    records = []
+    for p in scheduled:
+        state = stored.get(p.name)
+        records.append(
+            {
+                "pipeline": p.name,
+                "schedule": p.schedule,
+                "tz": p.schedule_tz,
+                "backfill": p.backfill,
+                "last_slot": None if state is None else state.last_slot,
+                "next_fire": schedules.next_slot(p, now),
+            }
+        )
+    if args.json:
+        _print_json(records)
+    elif not records:
+        print("No scheduled pipelines.")
+    else:
+        _table(records, ["pipeline", "schedule", "tz", "backfill", "last_slot", "next_fire"])
     return 0
 
 

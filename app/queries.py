@@ -612,3 +612,37 @@ def count_expired(conn: Connection, retention: dict[str, timedelta]) -> dict[str
 
 def _retention_json(retention: dict[str, timedelta]) -> str:
     return json.dumps({status: age.total_seconds() for status, age in retention.items()})
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+_SCHEDULE_STATES = text("""
+    SELECT pipeline, last_slot, next_slot FROM schedules WHERE pipeline = ANY(:pipelines)
+    ORDER BY pipeline FOR UPDATE
+""")
+
+_SAVE_SCHEDULE = text("""
+    INSERT INTO schedules (pipeline, last_slot, next_slot) VALUES (:pipeline, :last_slot, :next_slot)
+    ON CONFLICT (pipeline) DO UPDATE SET last_slot = EXCLUDED.last_slot, next_slot = EXCLUDED.next_slot
+""")
+
+_LIST_SCHEDULES = text("SELECT pipeline, last_slot, next_slot FROM schedules ORDER BY pipeline")
+
+
+def db_now(conn: Connection) -> datetime:
+    return conn.execute(text("SELECT now()")).scalar_one()  # type: ignore[no-any-return]
+
+
+def schedule_states(conn: Connection, pipelines: Sequence[str]) -> dict[str, Row[Any]]:
+    """The stored state of each schedule, locked until the caller's transaction ends."""
+    rows = conn.execute(_SCHEDULE_STATES, {"pipelines": list(pipelines)})
+    return {row.pipeline: row for row in rows}
+
+
+def save_schedule(conn: Connection, pipeline: str, last_slot: datetime, next_slot: datetime) -> None:
+    values = {"pipeline": pipeline, "last_slot": last_slot, "next_slot": next_slot}
+    conn.execute(_SAVE_SCHEDULE, values)
+
+
+def list_schedules(conn: Connection) -> dict[str, Row[Any]]:
+    return {row.pipeline: row for row in conn.execute(_LIST_SCHEDULES)}

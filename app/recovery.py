@@ -20,8 +20,9 @@ from app.states import RESUMABLE, RunStatus
 
 log = structlog.get_logger("orbit.recovery")
 
-# One rescuer at a time across the fleet: a transaction-level advisory lock.
-_RESCUER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
+# One leader at a time across the fleet (rescue, retention, schedules): a transaction-level
+# advisory lock, released when the pass commits.
+LEADER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
 
 
 class ResumeError(Exception):
@@ -72,7 +73,7 @@ class Rescuer:
 
     def run_once(self, conn: Connection) -> int | None:
         """One pass in the caller's transaction; None when another worker holds the lock."""
-        if not conn.execute(_RESCUER_LOCK).scalar():
+        if not conn.execute(LEADER_LOCK).scalar():
             return None
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
@@ -83,7 +84,7 @@ class Rescuer:
 
         One batch per transaction keeps row locks few and short; the caller repeats.
         """
-        if not conn.execute(_RESCUER_LOCK).scalar():
+        if not conn.execute(LEADER_LOCK).scalar():
             return None
         if not self.retention:
             return 0

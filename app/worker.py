@@ -39,6 +39,7 @@ from app.outcomes import Backoff, Failure, release, transition_for
 from app.queries import ClaimedRun, Success, Transition
 from app.recovery import Rescuer
 from app.registry import Pipeline, RegistryError, discover
+from app.schedules import Scheduler
 from app.settings import Settings, load_settings_or_exit
 from app.states import ErrorKind
 from app.stats import WorkerStats
@@ -103,6 +104,7 @@ class Worker:
             ),
             on_log=logs.relay,
         )
+        self.scheduler = Scheduler.of(self.pipelines.values())
         self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION, s.retention, s.RETENTION_BATCH)
         self.log = log.bind(worker_id=self.options.worker_id)
         self._successes: list[Success] = []
@@ -291,6 +293,7 @@ class Worker:
             recovered = self._db(self.rescuer.run_once)
             self.metrics.recovered.inc(recovered or 0)
             self._prune()
+            self._db(self.scheduler.run_once)
         if self._report.ready(now):
             self.log.info("Worker Metrics Report", **self.stats.report(now))
 

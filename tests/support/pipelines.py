@@ -209,3 +209,15 @@ def log_lines(ctx: Context, params: dict[str, Any]) -> None:
     ctx.log.info("Pipeline says hello", note=params.get("note", ""))
     if params.get("fail"):
         raise RuntimeError(f"cannot reach {params['fail']}")
+
+
+# Daily, so a slot almost never falls due by itself during a test; tests move
+# schedules.last_slot back to make slots due.
+@pipeline("test.daily", schedule="0 6 * * *")
+def daily(ctx: Context, params: dict[str, Any]) -> None:
+    return None
+
+
+@pipeline("test.daily_backfill", schedule="30 6 * * *", schedule_tz="Europe/Paris", backfill=True)
+def daily_backfill(ctx: Context, params: dict[str, Any]) -> None:
+    return None
