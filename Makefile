@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make supervise`: how many worker processes, and where supervisord and the workers write logs.
+ORBIT_WORKERS ?= 2
+LOGS_DIR ?= logs
 
 .PHONY: install run worker migrate test lint format reliability bench supervise clean
 
@@ -45,8 +48,9 @@ bench: install
 	$(BIN)/python -m bench
 
 supervise: install
-	mkdir -p $${LOGS_DIR:-logs}
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -n -c supervisord.conf
+	mkdir -p $(LOGS_DIR)
+	ORBIT_WORKERS=$(ORBIT_WORKERS) LOGS_DIR=$(abspath $(LOGS_DIR)) PATH="$(CURDIR)/$(BIN):$$PATH" \
+		$(BIN)/supervisord -n -c supervisord.conf
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,11 +17,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import arguments, health, queries, recovery, worker
+from app import arguments, health, operations, queries, recovery, worker
 from app.database import Database, DatabaseError, make_engine, mask_url, migrate, resolve
 from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
 from app.registry import RegistryError, discover
+from app.registry import get as get_pipeline
 from app.settings import Settings, load_settings_or_exit
 from app.states import RunStatus
 from app.stats import build_report
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-attempts", type=int, default=None)
     sub.add_argument("--timeout", default=None, help="time limit (seconds or 10m)")
     sub.add_argument("--key", default=None, help="idempotency key: reuse a live run with it")
+    sub.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="enqueue one run per line of FILE, each a JSON params object (- reads stdin)",
+    )
 
     sub = command("status", cmd_status, "show one run and its steps")
     sub.add_argument("run_id", type=arguments.run_id)
@@ -110,6 +116,23 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("cancel", cmd_cancel, "cancel a pending or running run")
     sub.add_argument("run_id", type=arguments.run_id)
+
+    sub = command("pause", cmd_pause, "stop claiming runs of the pipelines matching GLOB (fleet-wide)")
+    sub.add_argument("glob", metavar="GLOB")
+    sub = command("unpause", cmd_unpause, "lift the pause GLOB: its runs are claimed again")
+    sub.add_argument("glob", metavar="GLOB")
+    sub = command("pauses", cmd_pauses, "list the pauses in force")
+    sub.add_argument("--json", action="store_true")
+    sub = command("drain", cmd_drain, "pause GLOB, then wait until none of its runs is running")
+    sub.add_argument("glob", metavar="GLOB", nargs="?", default="*", help="default * (everything)")
+    sub.add_argument("--timeout", default="10m", help="give up after this (seconds or 10m; default 10m)")
+
+    sub = command("schedules", cmd_schedules, "list scheduled pipelines and their next fire times")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("prune", cmd_prune, "delete finished runs past their retention (RETENTION)")
+    sub.add_argument("--older-than", metavar="AGE", help="instead of RETENTION, for every status (e.g. 30d)")
+    sub.add_argument("--dry-run", action="store_true", help="count what would be deleted")
     return parser
 
 
@@ -201,6 +224,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        return _enqueue_file(args)
     settings = _settings()
     try:
         params = json.loads(args.params)
@@ -223,6 +248,73 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     run_id = _transaction(lambda conn: queries.insert_run(conn, run))
     print(run_id)
     return 0
+
+
+def _enqueue_file(args: argparse.Namespace) -> int:
+    """All lines or none: every line is checked before the single INSERT."""
+    for flag, value in (("--params", args.params != "{}"), ("--key", args.key), ("--timeout", args.timeout)):
+        if value:
+            raise UsageError(f"{flag} cannot be combined with --from-file")
+    settings = _settings()
+    discover(settings.pipeline_modules)
+    get_pipeline(args.pipeline)
+    lines = _read_lines(args.from_file)
+    progress = _Progress(len(lines)) if sys.stderr.isatty() else None
+    runs = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            runs.append(_line_run(args, number, line))
+        if progress is not None:
+            progress.show(number)
+    if progress is not None:
+        progress.done()
+    ids = _transaction(lambda conn: queries.insert_runs(conn, runs)) if runs else []
+    print(f"{len(ids)} run(s) of {args.pipeline} enqueued" + (f": ids {ids[0]}-{ids[-1]}" if ids else ""))
+    return 0
+
+
+def _read_lines(source: str) -> list[str]:
+    try:
+        if source == "-":
+            return sys.stdin.read().splitlines()
+        with open(source, encoding="utf-8") as file:
+            return file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {source}: {exc}") from None
+
+
+def _line_run(args: argparse.Namespace, number: int, line: str) -> queries.NewRun:
+    try:
+        params = json.loads(line)
+    except RecursionError:
+        raise UsageError(f"line {number}: nested too deeply; nothing was enqueued") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"line {number}: not valid JSON ({exc}); nothing was enqueued") from None
+    if not isinstance(params, dict):
+        kind = type(params).__name__
+        raise UsageError(f"line {number}: must be a JSON object, not {kind}; nothing was enqueued")
+    try:
+        return new_run(args.pipeline, params, args.priority, args.delay, args.max_attempts)
+    except EnqueueError as exc:
+        raise UsageError(f"line {number}: {exc}; nothing was enqueued") from None
+
+
+class _Progress:
+    """A one-line bar on a terminal's stderr, redrawn at most once per percent."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.shown = -1
+
+    def show(self, done: int) -> None:
+        percent = done * 100 // self.total
+        if percent != self.shown:
+            self.shown = percent
+            bar = "#" * (percent // 4)
+            print(f"\r[{bar:<25}] {percent:3d}% {done}/{self.total} lines", end="", file=sys.stderr)
+
+    def done(self) -> None:
+        print(file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -406,6 +498,146 @@ def cmd_health(args: argparse.Namespace) -> int:
         last = result.last_activity
         print(f"  last activity: {'-' if last is None else last.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     return int(result.status)
+
+
+def _paused_by() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _like(glob: str) -> str:
+    try:
+        return operations.glob_to_like(glob)
+    except operations.GlobError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _pause(glob: str) -> bool:
+    like = _like(glob)
+    return bool(_transaction(lambda conn: queries.pause(conn, glob, like, _paused_by())))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    added = _pause(args.glob)
+    state = "paused" if added else "already paused"
+    print(f"{args.glob}: {state}; workers stop claiming its runs within one poll (enqueueing still works)")
+    return 0
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    _like(args.glob)
+    removed = _transaction(lambda conn: queries.unpause(conn, args.glob))
+    print(f"{args.glob}: unpaused" if removed else f"{args.glob}: was not paused (see `orbit pauses`)")
+    return 0
+
+
+def cmd_pauses(args: argparse.Namespace) -> int:
+    records = [dict(row._mapping) for row in _transaction(queries.list_pauses)]
+    if args.json:
+        _print_json(records)
+    elif not records:
+        print("No pauses: every pipeline is claimed.")
+    else:
+        _table(records, ["pattern", "paused_at", "paused_by", "pending"])
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    timeout = _positive_duration("--timeout", args.timeout)
+    _pause(args.glob)
+    print(f"{args.glob}: paused; waiting for its running runs (at most {format_duration(timeout)})")
+
+    def progress(running: list[Any]) -> None:
+        ids = ", ".join(str(row.id) for row in running[:20]) + (" ..." if len(running) > 20 else "")
+        print(f"  {len(running)} run(s) still running: {ids}", flush=True)
+
+    engine = _engine(_settings())
+    try:
+        result = operations.drain(engine, args.glob, timeout, progress)
+    finally:
+        engine.dispose()
+    if not result.drained:
+        still = ", ".join(f"{r.id} ({r.pipeline} on {r.worker_id})" for r in result.still_running)
+        raise Failed(f"drain timed out after {format_duration(timeout)}; still running: {still}")
+    print(f"{args.glob}: drained, nothing running. `orbit unpause {args.glob}` resumes claiming.")
+    return 0
+
+
+def _positive_duration(flag: str, value: str) -> timedelta:
+    try:
+        duration = parse_duration(value, bare_unit="s")
+    except ValueError as exc:
+        raise UsageError(f"{flag} {value!r}: expected {exc}") from None
+    if duration <= timedelta(0):
+        raise UsageError(f"{flag} {value!r}: must be longer than zero")
+    return duration
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.older_than is None:
+        retention = settings.retention
+    else:
+        age = _positive_duration("--older-than", args.older_than)
+        retention = dict.fromkeys(operations.FINISHED, age)
+    if args.dry_run:
+        counts = _transaction(lambda conn: queries.count_expired(conn, retention))
+        for status in operations.FINISHED:
+            print(f"would delete {counts.get(status, 0)} {status} run(s)")
+        print(f"would delete {sum(counts.values())} run(s) in all")
+        return 0
+    engine = _engine(settings)
+    total = 0
+    try:
+        while True:
+            # One batch per transaction: short locks, and what is done stays done if interrupted.
+            with engine.begin() as conn:
+                pruned = queries.prune_runs(conn, retention, settings.RETENTION_BATCH)
+            total += pruned
+            if pruned < settings.RETENTION_BATCH:
+                break
+    finally:
+        engine.dispose()
+    print(f"deleted {total} finished run(s) and their steps")
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from app import schedules
+
+    settings = _settings()
+    scheduled = [p for _, p in sorted(discover(settings.pipeline_modules).items()) if p.schedule]
+
+    def read(conn: Connection) -> tuple[datetime, dict[str, Any]]:
+        return queries.db_now(conn), queries.list_schedules(conn)
+
+    now, stored = _transaction(read)
+    records = []
+    for p in scheduled:
+        state = stored.get(p.name)
+        records.append(
+            {
+                "pipeline": p.name,
+                "schedule": p.schedule,
+                "tz": p.schedule_tz,
+                "backfill": p.backfill,
+                "last_slot": None if state is None else state.last_slot,
+                "next_fire": schedules.next_slot(p, now),
+            }
+        )
+    if args.json:
+        _print_json(records)
+    elif not records:
+        print("No scheduled pipelines.")
+    else:
+        _table(records, ["pipeline", "schedule", "tz", "backfill", "last_slot", "next_fire"])
+    return 0
 
 
 def parse_seconds(value: str) -> float:

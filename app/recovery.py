@@ -8,7 +8,7 @@ executed again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,8 +20,9 @@ from app.states import RESUMABLE, RunStatus
 
 log = structlog.get_logger("orbit.recovery")
 
-# One rescuer at a time across the fleet: a transaction-level advisory lock.
-_RESCUER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
+# One leader at a time across the fleet (rescue, retention, schedules): a transaction-level
+# advisory lock, released when the pass commits.
+LEADER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
 
 
 class ResumeError(Exception):
@@ -62,15 +63,32 @@ def resume(conn: Connection, run_id: int, stale_after: timedelta) -> Row[Any]:
 
 @dataclass
 class Rescuer:
-    """Background service of every worker: recovers interrupted runs, prunes dead workers."""
+    """Background service of every worker: recovers interrupted runs, prunes dead workers and
+    finished runs past their retention. Only the worker holding the advisory lock acts."""
 
     stale_after: timedelta
     worker_retention: timedelta
+    retention: dict[str, timedelta] = field(default_factory=dict)
+    batch: int = 1000
 
     def run_once(self, conn: Connection) -> int | None:
         """One pass in the caller's transaction; None when another worker holds the lock."""
-        if not conn.execute(_RESCUER_LOCK).scalar():
+        if not conn.execute(LEADER_LOCK).scalar():
             return None
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
         return len(recovered)
+
+    def prune_once(self, conn: Connection) -> int | None:
+        """Delete one batch of expired runs; None when another worker holds the lock.
+
+        One batch per transaction keeps row locks few and short; the caller repeats.
+        """
+        if not conn.execute(LEADER_LOCK).scalar():
+            return None
+        if not self.retention:
+            return 0
+        pruned = queries.prune_runs(conn, self.retention, self.batch)
+        if pruned:
+            log.info("Pruned finished runs", runs=pruned)
+        return pruned

@@ -31,18 +31,29 @@ class Pipeline:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: timedelta | None = None
     where: str = field(default="", compare=False)
+    schedule: str | None = None
+    schedule_tz: str = "UTC"
+    backfill: bool = False
 
 
 _registry: dict[str, Pipeline] = {}
 
 
 def pipeline(
-    name: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | str | None = None
+    name: str,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout: float | str | None = None,
+    schedule: str | None = None,
+    schedule_tz: str = "UTC",
+    backfill: bool = False,
 ) -> Callable[[PipelineFn], PipelineFn]:
     """Register ``fn(ctx, params)`` as the pipeline ``name``.
 
     ``timeout`` is in seconds (or a duration such as ``"10m"``); without it the worker's
-    ``MAX_EXECUTION_TIMEOUT`` applies. ``max_attempts`` counts the first attempt.
+    ``MAX_EXECUTION_TIMEOUT`` applies. ``max_attempts`` counts the first attempt. ``schedule``
+    is a cron expression (``"0 6 * * *"``) read in ``schedule_tz``; slots missed while no worker
+    ran are skipped unless ``backfill``.
     """
     if not name or len(name) > 200:
         raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
@@ -51,16 +62,33 @@ def pipeline(
     limit = None if timeout is None else parse_duration(timeout, bare_unit="s")
     if limit is not None and limit <= timedelta(0):
         raise RegistryError(f"pipeline {name}: timeout must be greater than zero")
+    if schedule is not None:
+        check_schedule(name, schedule, schedule_tz)
 
     def register(fn: PipelineFn) -> PipelineFn:
         where = f"{fn.__module__}.{fn.__qualname__}"
         existing = _registry.get(name)
         if existing is not None and existing.where != where:
             raise RegistryError(f"pipeline {name!r} is defined twice: in {existing.where} and in {where}")
-        _registry[name] = Pipeline(name, fn, max_attempts, limit, where)
+        _registry[name] = Pipeline(name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill)
         return fn
 
     return register
+
+
+def check_schedule(name: str, schedule: str, tz: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from croniter import croniter
+
+    if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
+        raise RegistryError(
+            f"pipeline {name}: bad cron expression {schedule!r} (expected 5 fields: 0 6 * * *)"
+        )
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RegistryError(f"pipeline {name}: unknown time zone {tz!r}") from None
 
 
 def get(name: str) -> Pipeline:

@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     RETRY_BACKOFF_BASE: Duration = timedelta(seconds=2)
     RETRY_BACKOFF_MAX: Duration = timedelta(minutes=10)
 
+    # Finished runs older than this are deleted by the fleet's leader (0 keeps them forever);
+    # each status may override it, e.g. keep failures longer for post-mortems.
+    RETENTION: Duration = timedelta(days=7)
+    RETENTION_SUCCEEDED: Duration | None = None
+    RETENTION_FAILED: Duration | None = None
+    RETENTION_TIMED_OUT: Duration | None = None
+    RETENTION_CANCELLED: Duration | None = None
+    RETENTION_BATCH: int = Field(default=1000, ge=1, le=100_000)
+
     LOG_LEVEL: str = "info"
     LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
     LOGS_DIR: Path = Path("logs")
@@ -117,6 +126,17 @@ class Settings(BaseSettings):
         return self.STALE_AFTER or 3 * self.HEARTBEAT_INTERVAL
 
     @property
+    def retention(self) -> dict[str, timedelta]:
+        """How long finished runs of each status are kept; a status left out is kept forever."""
+        kept = {}
+        for status in ("succeeded", "failed", "timed_out", "cancelled"):
+            override = getattr(self, f"RETENTION_{status.upper()}")
+            age = self.RETENTION if override is None else override
+            if age > timedelta(0):
+                kept[status] = age
+        return kept
+
+    @property
     def metrics_port(self) -> int:
         """This process's HTTP port (0: no server): METRICS_PORT plus the supervisord process number."""
         return self.METRICS_PORT + self.ORBIT_PROCESS_NUM if self.METRICS_PORT else 0
@@ -137,7 +157,11 @@ def _describe(error: dict[str, Any]) -> str:
     name = str(error["loc"][0]) if error.get("loc") else "settings"
     value = error.get("input")
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    if "duration" in message or name.endswith(("INTERVAL", "TIMEOUT", "GRACE", "AFTER")):
+    if (
+        "duration" in message
+        or name.endswith(("INTERVAL", "TIMEOUT", "GRACE", "AFTER"))
+        or (name.startswith("RETENTION") and name != "RETENTION_BATCH")
+    ):
         message = message if message.startswith("a duration") else DURATION_EXPECTED
     if isinstance(value, dict):
         return f"invalid setting: {message}"

@@ -39,12 +39,14 @@ from app.outcomes import Backoff, Failure, release, transition_for
 from app.queries import ClaimedRun, Success, Transition
 from app.recovery import Rescuer
 from app.registry import Pipeline, RegistryError, discover
+from app.schedules import Scheduler
 from app.settings import Settings, load_settings_or_exit
 from app.states import ErrorKind
 from app.stats import WorkerStats
 
 log = structlog.get_logger("orbit.worker")
 T = TypeVar("T")
+PRUNE_BATCHES_PER_PASS = 10
 
 
 @dataclass
@@ -102,7 +104,8 @@ class Worker:
             ),
             on_log=logs.relay,
         )
-        self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION)
+        self.scheduler = Scheduler.of(self.pipelines.values())
+        self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION, s.retention, s.RETENTION_BATCH)
         self.log = log.bind(worker_id=self.options.worker_id)
         self._successes: list[Success] = []
         self._transitions: list[Transition] = []
@@ -289,8 +292,18 @@ class Worker:
         if self._rescue.ready(now) and not self.stopping:
             recovered = self._db(self.rescuer.run_once)
             self.metrics.recovered.inc(recovered or 0)
+            self._prune()
+            self._db(self.scheduler.run_once)
         if self._report.ready(now):
             self.log.info("Worker Metrics Report", **self.stats.report(now))
+
+    def _prune(self) -> None:
+        # Bounded so a large backlog of expired runs never stalls claiming for long; the next
+        # pass continues where this one stopped.
+        for _ in range(PRUNE_BATCHES_PER_PASS):
+            pruned = self._db(self.rescuer.prune_once)
+            if pruned is None or pruned < self.rescuer.batch:
+                return
 
     # --- outcomes ----------------------------------------------------------------------------
 

@@ -54,7 +54,9 @@ def session_engine(database_url: str) -> Iterator[Engine]:
 def engine(session_engine: Engine) -> Engine:
     """The test database, emptied before the test."""
     with session_engine.begin() as conn:
-        conn.execute(text("TRUNCATE runs, run_steps, workers, executions RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("TRUNCATE runs, run_steps, workers, pauses, schedules, executions RESTART IDENTITY CASCADE")
+        )
     return session_engine
 
 

@@ -16,6 +16,8 @@ from app.states import RunStatus, StepStatus
 from tests.conftest import ROOT
 from tests.support.database import fresh_database
 
+TABLES = {"runs", "run_steps", "workers", "pauses", "schedules"}
+
 
 @pytest.fixture
 def blank(server: str) -> Iterator[str]:
@@ -24,13 +26,26 @@ def blank(server: str) -> Iterator[str]:
 
 
 def test_upgrade_creates_the_tables_and_downgrade_removes_them(blank: str) -> None:
-    """`upgrade head` creates runs, run_steps and workers; `downgrade base` removes them."""
+    """`upgrade head` creates every table; `downgrade base` removes them."""
     migrate(blank)
     engine = make_engine(blank)
-    assert {"runs", "run_steps", "workers"} <= set(inspect(engine).get_table_names())
+    assert set(inspect(engine).get_table_names()) >= TABLES
     check_schema(engine)
     downgrade(blank, "base")
-    assert not {"runs", "run_steps", "workers"} & set(inspect(engine).get_table_names())
+    assert not TABLES & set(inspect(engine).get_table_names())
+    migrate(blank)
+    check_schema(engine)
+    engine.dispose()
+
+
+def test_downgrade_to_0001_drops_only_the_operations_tables(blank: str) -> None:
+    """Rolling back one release keeps the queue and its runs."""
+    migrate(blank)
+    engine = make_engine(blank)
+    downgrade(blank, "0001")
+    tables = set(inspect(engine).get_table_names())
+    assert {"runs", "run_steps", "workers"} <= tables
+    assert not {"pauses", "schedules"} & tables
     migrate(blank)
     check_schema(engine)
     engine.dispose()

@@ -232,3 +232,15 @@ def step_fails(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 def heartbeat(ctx: Context, params: dict[str, Any]) -> None:
     time.sleep(0.3)
     ctx.heartbeat()
+
+
+# Daily, so a slot almost never falls due by itself during a test; tests move
+# schedules.last_slot back to make slots due.
+@pipeline("test.daily", schedule="0 6 * * *")
+def daily(ctx: Context, params: dict[str, Any]) -> None:
+    return None
+
+
+@pipeline("test.daily_backfill", schedule="30 6 * * *", schedule_tz="Europe/Paris", backfill=True)
+def daily_backfill(ctx: Context, params: dict[str, Any]) -> None:
+    return None
