@@ -53,8 +53,12 @@ def configure(
     logs_dir: Path | None = None,
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 10,
+    stem: str = "worker",
 ) -> None:
-    """Configure logging for this process (console, and files when ``logs_dir`` is given)."""
+    """Configure logging for this process (console, and files when ``logs_dir`` is given).
+
+    The files are ``<stem>.log`` (every level) and ``<stem>-error.log`` (errors only).
+    """
     numeric = logging.getLevelName(level.upper())
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
@@ -65,8 +69,8 @@ def configure(
         logs_dir.mkdir(parents=True, exist_ok=True)
         json_renderer = structlog.processors.JSONRenderer()
         for name, min_level in (
-            ("worker.log", logging.NOTSET),
-            ("worker-error.log", logging.ERROR),
+            (f"{stem}.log", logging.NOTSET),
+            (f"{stem}-error.log", logging.ERROR),
         ):
             file_handler = logging.handlers.RotatingFileHandler(
                 logs_dir / name, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def log_file_stem(self) -> str:
+        """``worker``, or ``worker-N`` for process N of a group: size rotation is per process."""
+        return (
+            f"worker-{self.ORBIT_PROCESS_NUM}" if "ORBIT_PROCESS_NUM" in self.model_fields_set else "worker"
+        )
+
+    @property
     def stale_after(self) -> timedelta:
         """How long a run's heartbeat may be silent before the run counts as interrupted."""
         return self.STALE_AFTER or 3 * self.HEARTBEAT_INTERVAL

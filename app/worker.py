@@ -481,6 +481,7 @@ def start(args: argparse.Namespace) -> int:
         settings.LOGS_DIR,
         settings.LOG_MAX_BYTES,
         settings.LOG_BACKUPS,
+        settings.log_file_stem,
     )
     try:
         return build(settings, burst=args.burst).run()

@@ -115,3 +115,5 @@ def test_supervisord_fleet_drains_a_queue_and_a_graceful_stop_loses_nothing(
         live = conn.execute(text("SELECT count(*) FROM workers WHERE stopped_at IS NULL"))
         assert live.scalar_one() == 0
     assert not os.path.exists(Path(fleet_env["LOGS_DIR"]) / "supervisord.pid")
+    for process in (0, 1):  # each process rotates files of its own
+        assert (Path(fleet_env["LOGS_DIR"]) / f"worker-{process}.log").stat().st_size > 0
