@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
@@ -63,6 +68,23 @@ def mask_url(url: str) -> str:
     except Exception:
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
     return parsed.render_as_string(hide_password=True)
+
+
+@contextlib.contextmanager
+def scratch_database(server: str, prefix: str = "orbit_test") -> Iterator[str]:
+    """A new, empty database on ``server``, dropped afterwards; yields its SQLAlchemy URL.
+
+    Used by the tests and the benchmark, so neither ever touches the database of ``server``.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = libpq_url(sqlalchemy_url(server))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_url(sqlalchemy_url(server)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:

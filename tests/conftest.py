@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app import queries
-from app.database import libpq_url, make_engine, migrate
+from app.database import libpq_url, make_engine, migrate, scratch_database
 from app.settings import Settings, load_settings
 from tests.support import database as test_database
 from tests.support.pipelines import SIDE_TABLE
@@ -34,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(server: str) -> Iterator[str]:
-    with test_database.fresh_database(server) as url:
+    with scratch_database(server) as url:
         migrate(url)
         engine = make_engine(url)
         with engine.begin() as conn:

@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate
+from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate, scratch_database
 from app.states import RunStatus, StepStatus
 from tests.conftest import ROOT
-from tests.support.database import fresh_database
 
 TABLES = {"runs", "run_steps", "workers", "pauses", "schedules"}
 
 
 @pytest.fixture
 def blank(server: str) -> Iterator[str]:
-    with fresh_database(server) as url:
+    with scratch_database(server) as url:
         yield url
 
 

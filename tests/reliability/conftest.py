@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from app.database import make_engine, migrate
+from app.database import make_engine, migrate, scratch_database
 from app.embedded import embedded_url, restart
-from tests.support import database as test_database
 
 
 @dataclass
@@ -34,7 +33,7 @@ class PrivateServer:
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
     """Always embedded, even with ORBIT_TEST_DATABASE_URL set: a shared server cannot be restarted."""
     data_dir = tmp_path_factory.mktemp("private-pg")
-    with test_database.fresh_database(embedded_url(data_dir)) as url:
+    with scratch_database(embedded_url(data_dir)) as url:
         migrate(url)
         yield PrivateServer(url, data_dir)
 
