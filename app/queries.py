@@ -646,3 +646,20 @@ def save_schedule(conn: Connection, pipeline: str, last_slot: datetime, next_slo
 
 def list_schedules(conn: Connection) -> dict[str, Row[Any]]:
     return {row.pipeline: row for row in conn.execute(_LIST_SCHEDULES)}
+
+
+def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int, float]]) -> list[str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim, rolled back: what it touches (for the benchmark)."""
+    params = {
+        "pipelines": list(defaults),
+        "limit": limit,
+        "worker_id": "explain",
+        "defaults": json.dumps(defaults),
+        "version": "explain",
+    }
+    with conn.begin_nested() as savepoint:
+        plan = [
+            str(row[0]) for row in conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM.text}"), params)
+        ]
+        savepoint.rollback()
+    return plan

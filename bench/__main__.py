@@ -1,0 +1,299 @@
+"""Orbit's benchmark: enqueue, drain, pickup latency, claim cost and executor overhead, in one table.
+
+``python -m bench`` (``make bench``) runs against the configured server (``DATABASE_URL``, else the
+embedded one) in a scratch database it creates and drops, so it never touches your data.
+``--quick`` is a smoke run with tiny counts (CI uses it to check the benchmark works, not a speed).
+Durations come from the database's clock (``started_at``, ``finished_at``), so worker start-up
+is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+import bench.pipelines  # noqa: F401  (registers bench.noop and bench.work10ms for enqueue)
+from app import enqueue, enqueue_many, queries
+from app.database import libpq_url, make_engine, migrate, resolve, scratch_database
+from app.settings import load_settings_or_exit
+
+NOOP = {"bench.noop": (3, 60.0)}
+
+
+@dataclass(frozen=True)
+class Size:
+    jobs: int
+    single: int
+    pickups: int
+    work_jobs: int
+    processes: tuple[int, ...]
+    big_table: bool
+
+
+FULL = Size(jobs=20_000, single=2_000, pickups=200, work_jobs=2_000, processes=(1, 2, 4, 8), big_table=True)
+QUICK = Size(jobs=300, single=30, pickups=10, work_jobs=40, processes=(1, 2), big_table=False)
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    orbit: str
+    reference: str = ""
+
+
+class Bench:
+    def __init__(self, url: str, size: Size, concurrency: int, workdir: Path) -> None:
+        self.url = url
+        self.size = size
+        self.concurrency = concurrency
+        self.engine: Engine = make_engine(url)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "ORBIT_PIPELINES": "bench.pipelines",
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+            "LOGS_DIR": str(workdir),
+            "METRICS_INTERVAL": "1h",
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        }
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("TRUNCATE runs, run_steps, workers RESTART IDENTITY CASCADE"))
+
+    def fill(self, count: int, pipeline: str = "bench.noop") -> None:
+        for start in range(0, count, 5_000):
+            with self.engine.begin() as conn:
+                enqueue_many([(pipeline, {}) for _ in range(min(5_000, count - start))], connection=conn)
+
+    def span_rate(self) -> float:
+        """Runs per second between the first start and the last finish, on the database's clock."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("""SELECT count(*) AS n, EXTRACT(EPOCH FROM max(finished_at) - min(started_at)) AS s
+                        FROM runs WHERE status = 'succeeded'""")
+            ).one()
+        return float(row.n) / max(float(row.s or 0), 1e-6)
+
+    def spawn(self, args: list[str], count: int) -> list[subprocess.Popen[bytes]]:
+        return [
+            subprocess.Popen([sys.executable, *args], env=self.env, stdout=subprocess.DEVNULL)
+            for _ in range(count)
+        ]
+
+    def finish(self, procs: list[subprocess.Popen[bytes]], what: str) -> None:
+        codes = [proc.wait(timeout=900) for proc in procs]
+        if codes != [0] * len(procs):
+            raise SystemExit(f"bench: {what} exited with {codes}")
+
+    def drain(self, processes: int, concurrency: int, pipeline: str = "bench.noop", jobs: int = 0) -> float:
+        self.reset()
+        self.fill(jobs or self.size.jobs, pipeline)
+        args = ["-m", "app.worker", "--burst", "--concurrency", str(concurrency)]
+        self.finish(self.spawn(args, processes), "a worker")
+        return self.span_rate()
+
+    def plain(self, batch: int, processes: int = 2) -> float:
+        self.reset()
+        self.fill(self.size.jobs)
+        self.finish(
+            self.spawn(["-m", "bench.plain", libpq_url(self.url), str(batch)], processes), "bench.plain"
+        )
+        return self.span_rate()
+
+    # --- figures ---------------------------------------------------------------------------------
+
+    def enqueue_rates(self) -> tuple[float, float]:
+        self.reset()
+        started = time.perf_counter()
+        self.fill(self.size.jobs)
+        batch = self.size.jobs / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(self.size.single):
+            with self.engine.begin() as conn:
+                enqueue("bench.noop", {}, connection=conn)
+        return batch, self.size.single / (time.perf_counter() - started)
+
+    def pickup_ms(self) -> list[float]:
+        """Enqueue one run at a time to an idle fleet of two workers; enqueue to start, in ms."""
+        self.reset()
+        workers = self.spawn(["-m", "app.worker", "--concurrency", "2"], 2)
+        try:
+            _wait(lambda: self._count("SELECT count(*) FROM workers") == 2, "workers to register")
+            latencies = []
+            for _ in range(self.size.pickups + 1):
+                with self.engine.begin() as conn:
+                    run_id = enqueue("bench.noop", {}, connection=conn)
+                _wait(lambda run_id=run_id: self._finished(run_id), "a run to finish")
+                latencies.append(self._pickup(run_id))
+            return latencies[1:]  # the first wakes a cold executor
+        finally:
+            for worker in workers:
+                worker.terminate()
+            self.finish(workers, "a worker")
+
+    def claim_ms(self) -> float:
+        samples = []
+        for _ in range(100):
+            with self.engine.connect() as conn:
+                started = time.perf_counter()
+                with conn.begin() as tx:
+                    queries.claim(conn, worker_id="bench", limit=10, defaults=NOOP, version="bench")
+                    tx.rollback()
+                samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    def grow_table(self) -> None:
+        """1,000,000 finished and 100,000 pending runs, then VACUUM ANALYZE as autovacuum would."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("""INSERT INTO runs (pipeline, status, attempt, max_attempts, started_at, finished_at,
+                                          worker_id, result)
+                        SELECT 'bench.noop', 'succeeded', 1, 3, now(), now(), 'old', 'null'
+                        FROM generate_series(1, 1000000)""")
+            )
+            conn.execute(
+                text("INSERT INTO runs (pipeline) SELECT 'bench.noop' FROM generate_series(1, 100000)")
+            )
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE runs"))
+
+    def explain(self) -> str:
+        with self.engine.connect() as conn, conn.begin():
+            plan = queries.explain_claim(conn, limit=10, defaults=NOOP)
+        scans = [line.strip() for line in plan if "Index Scan" in line or "Seq Scan" in line]
+        buffers = next((line.strip() for line in plan if "Buffers:" in line), "")
+        return f"{scans[0] if scans else plan[0]}; {buffers}"
+
+    def _count(self, sql: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+
+    def _finished(self, run_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(text("SELECT status FROM runs WHERE id = :id"), {"id": run_id}).scalar()
+                == "succeeded"
+            )
+
+    def _pickup(self, run_id: int) -> float:
+        with self.engine.connect() as conn:
+            seconds = conn.execute(
+                text("SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM runs WHERE id = :id"),
+                {"id": run_id},
+            ).scalar_one()
+        return float(seconds) * 1000
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+
+def measure(bench: Bench) -> Iterator[Row]:
+    size, c = bench.size, bench.concurrency
+    batch, single = bench.enqueue_rates()
+    yield Row("batch enqueue (jobs/s)", f"{batch:,.0f}", "plain loop 81,000-119,000; PgQueuer 22,000-36,000")
+    yield Row("single enqueue (jobs/s)", f"{single:,.0f}", "plain loop 4,500-5,600; PgQueuer 1,500-2,700")
+    plain1, plain100 = bench.plain(1), bench.plain(100)
+    for processes in size.processes:
+        rate = bench.drain(processes, c)
+        peers = "PgQueuer batch 50: 7,700-13,000; plain loop x100: 27,600-31,500" if processes == 2 else ""
+        yield Row(f"drain, {processes} process(es) x concurrency {c} (jobs/s)", f"{rate:,.0f}", peers)
+    yield Row("drain, plain loop claim 1 + complete 1, 2 processes (jobs/s)", f"{plain1:,.0f}", "2,300-3,000")
+    yield Row(
+        "drain, plain loop claim 100 + complete 100, 2 processes (jobs/s)",
+        f"{plain100:,.0f}",
+        "27,600-31,500",
+    )
+    one_by_one = bench.drain(1, 1)
+    plain_one = bench.plain(1, processes=1)
+    overhead = 1e6 / one_by_one - 1e6 / plain_one
+    yield Row(
+        "per-run time, 1 process x concurrency 1 (us)",
+        f"{1e6 / one_by_one:,.0f}",
+        f"plain loop: {1e6 / plain_one:,.0f}",
+    )
+    yield Row(
+        "per-run overhead over the plain loop (us)", f"{overhead:,.0f}", "executor round trip + bookkeeping"
+    )
+    work = bench.drain(2, c, "bench.work10ms", size.work_jobs)
+    ideal = 2 * c * 100
+    yield Row(
+        f"10 ms pipeline, 2 processes x concurrency {c} (jobs/s)",
+        f"{work:,.0f} ({work / ideal:.0%} of {ideal})",
+        "target >= 90%",
+    )
+    latencies = bench.pickup_ms()
+    yield Row(
+        "pickup latency, idle fleet, p50 / p99 (ms)",
+        f"{_percentile(latencies, 0.5):.1f} / {_percentile(latencies, 0.99):.1f}",
+        "target < 2 / < 5; PgQueuer 3.3-5.2 / 6-49",
+    )
+    bench.reset()
+    bench.fill(1_000)
+    empty = bench.claim_ms()
+    yield Row("claim of 10, 1,000 pending (ms, median)", f"{empty:.2f}")
+    if size.big_table:
+        bench.grow_table()
+        big = bench.claim_ms()
+        yield Row(
+            "claim of 10, 1,000,000 finished + 100,000 pending (ms)",
+            f"{big:.2f} ({big / empty:.2f}x)",
+            "target <= 1.3x",
+        )
+        yield Row("claim plan", bench.explain())
+
+
+def _print(rows: list[Row]) -> None:
+    widths = [max(len(r.figure) for r in rows), max(len(r.orbit) for r in rows)]
+    print(f"| {'figure':<{widths[0]}} | {'Orbit':<{widths[1]}} | reference |")
+    print(f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|---|")
+    for r in rows:
+        print(f"| {r.figure:<{widths[0]}} | {r.orbit:<{widths[1]}} | {r.reference} |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts: checks the benchmark runs")
+    parser.add_argument("--concurrency", type=int, default=4, help="runs at once per worker process")
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    server = resolve(load_settings_or_exit()).direct_url
+    with scratch_database(server, prefix="orbit_bench") as url, tempfile.TemporaryDirectory() as workdir:
+        migrate(url)
+        bench = Bench(url, size, args.concurrency, Path(workdir))
+        rows: list[Row] = []
+        try:
+            for row in measure(bench):
+                rows.append(row)
+                print(f"  {row.figure}: {row.orbit}", file=sys.stderr, flush=True)
+        finally:
+            bench.engine.dispose()
+        _print(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Pipelines the benchmark runs (workers load them with ``ORBIT_PIPELINES=bench.pipelines``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app import Context, pipeline
+
+
+@pipeline("bench.noop")
+def noop(ctx: Context, params: dict[str, Any]) -> None:
+    return None
+
+
+@pipeline("bench.work10ms")
+def work10ms(ctx: Context, params: dict[str, Any]) -> None:
+    time.sleep(0.01)
