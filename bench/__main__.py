@@ -178,6 +178,11 @@ class Bench:
         buffers = next((line.strip() for line in plan if "Buffers:" in line), "")
         return f"{scans[0] if scans else plan[0]}; {buffers}"
 
+    def dead_tuples(self) -> int:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_force_next_flush()"))
+            return self._count("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'runs'")
+
     def _count(self, sql: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text(sql)).scalar_one())
@@ -221,6 +226,8 @@ def measure(bench: Bench) -> Iterator[Row]:
         rate = bench.drain(processes, c)
         peers = "PgQueuer batch 50: 7,700-13,000; plain loop x100: 27,600-31,500" if processes == 2 else ""
         yield Row(f"drain, {processes} process(es) x concurrency {c} (jobs/s)", f"{rate:,.0f}", peers)
+        if processes == 2:
+            yield Row("dead tuples in runs right after that drain", f"{bench.dead_tuples():,}")
     yield Row("drain, plain loop claim 1 + complete 1, 2 processes (jobs/s)", f"{plain1:,.0f}", "2,300-3,000")
     yield Row(
         "drain, plain loop claim 100 + complete 100, 2 processes (jobs/s)",
