@@ -439,7 +439,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    window = _window(args.since)
+    window = _positive_duration("--since", args.since)
 
     def read(conn: Connection) -> tuple[Any, list[queries.QueueDepth]]:
         return queries.fleet_report(conn, window), queries.queue_depth(conn)
@@ -465,16 +465,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         for name, value in report.items():
             print(f"  {name + ':':14} {value}")
     return 0
-
-
-def _window(value: str) -> timedelta:
-    try:
-        window = parse_duration(value, bare_unit="s")
-    except ValueError as exc:
-        raise UsageError(f"--since {value!r}: expected {exc}") from None
-    if window <= timedelta(0):
-        raise UsageError(f"--since {value!r}: must be longer than zero")
-    return window
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -23,6 +23,10 @@ CANARY_PASSWORD = "canary-pw-7f3a9"
 CANARY_PARAM = "canary-param-51c2e"
 
 
+def _with_canary_password(url: str) -> str:
+    return make_url(url).set(password=CANARY_PASSWORD).render_as_string(hide_password=False)
+
+
 @pytest.fixture
 def roles(engine: Engine) -> Engine:
     with engine.begin() as conn:
@@ -80,11 +84,7 @@ def test_no_password_or_params_in_any_log(
     tmp_path: Path,
 ) -> None:
     """A canary password in DATABASE_URL and a canary value in params never reach a log line."""
-    url = (
-        make_url(worker_env["DATABASE_URL"])
-        .set(password=CANARY_PASSWORD)
-        .render_as_string(hide_password=False)
-    )
+    url = _with_canary_password(worker_env["DATABASE_URL"])
     with engine.begin() as conn:
         ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
         bad = enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
@@ -104,11 +104,7 @@ def test_no_password_or_params_in_any_log(
 def test_no_password_or_params_in_metrics_and_the_endpoint_is_local(
     engine: Engine, worker_env: dict[str, str], spawn_worker: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    url = (
-        make_url(worker_env["DATABASE_URL"])
-        .set(password=CANARY_PASSWORD)
-        .render_as_string(hide_password=False)
-    )
+    url = _with_canary_password(worker_env["DATABASE_URL"])
     with engine.begin() as conn:
         ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
         enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
