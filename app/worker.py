@@ -115,8 +115,9 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._signals = 0
         self._stop_deadline: float | None = None
-        self._db_retry_at = 0.0
         self._db_failures = 0
+        self._conn: Connection | None = None  # see _db(atomic=False)
+        self._next_poll = 0.0
         self._next_poll = 0.0
         self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
         self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
@@ -240,7 +241,7 @@ class Worker:
         else:
             self._next_poll = now + self.settings.POLL_INTERVAL.total_seconds()
         self.log.debug("Worker polling...")
-        claimed = self._db(self._claim)
+        claimed = self._db(self._claim, atomic=False)
         if claimed is None:
             return None
         for run in claimed:
@@ -342,7 +343,8 @@ class Worker:
         if not (self._successes or self._transitions) or time.monotonic() < self._db_retry_at:
             return
         successes, transitions = self._successes, self._transitions
-        owned = self._db(lambda conn: self._write(conn, successes, transitions))
+        # Successes alone are one statement; with transitions, all or nothing in one transaction.
+        owned = self._db(lambda conn: self._write(conn, successes, transitions), atomic=bool(transitions))
         if owned is None:
             return
         for run_id in {s.id for s in successes} | {t.id for t in transitions}:
@@ -372,7 +374,9 @@ class Worker:
 
     def _beat(self) -> None:
         held = {run.id: run.attempt for run in self.pool.busy}
-        still_ours = self._db(lambda conn: queries.heartbeat(conn, self.options.worker_id, held))
+        still_ours = self._db(
+            lambda conn: queries.heartbeat(conn, self.options.worker_id, held), atomic=False
+        )
         if still_ours is None:
             return
         self._last_beat = time.monotonic()
@@ -385,13 +389,23 @@ class Worker:
 
     # --- database access ---------------------------------------------------------------------
 
-    def _db(self, action: Callable[[Connection], T]) -> T | None:
-        """Run ``action`` in a short transaction; on database trouble log, back off, return None."""
+    def _db(self, action: Callable[[Connection], T], *, atomic: bool = True) -> T | None:
+        """Run ``action`` in a short transaction; on database trouble log, back off, return None.
+
+        With ``atomic=False`` the action's statements are each their own transaction, on a
+        connection the worker keeps: the claim, the heartbeat and a batch of successes are single
+        statements, and this saves a BEGIN, a COMMIT and a pool check-out per call, about half the
+        round trips of a run.
+        """
         now = time.monotonic()
         try:
-            with self.engine.begin() as conn:
-                result = action(conn)
+            if atomic:
+                with self.engine.begin() as conn:
+                    result = action(conn)
+            else:
+                result = action(self._autocommit())
         except SQLAlchemyError as exc:
+            self._drop_autocommit()
             self._db_failures += 1
             # Capped at the poll interval, so work is noticed within one poll once the database is back.
             delay = min(self.settings.POLL_INTERVAL.total_seconds(), 0.25 * 2**self._db_failures)
@@ -426,6 +440,18 @@ class Worker:
             return None
         return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.stats.last_activity)
 
+    def _autocommit(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    def _drop_autocommit(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
     def _sleep(self, seconds: float) -> None:
         wait([self._wake_r], max(0.0, seconds))
 
@@ -439,6 +465,8 @@ class Worker:
             self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
         self._db(lambda conn: queries.stop_worker(conn, self.options.worker_id))
         self.pool.close()
+        if self._conn is not None:
+            self._conn.close()
         self.engine.dispose()
         self.log.info("Worker stopped", **self.stats.report())
 
