@@ -244,3 +244,14 @@ def daily(ctx: Context, params: dict[str, Any]) -> None:
 @pipeline("test.daily_backfill", schedule="30 6 * * *", schedule_tz="Europe/Paris", backfill=True)
 def daily_backfill(ctx: Context, params: dict[str, Any]) -> None:
     return None
+
+
+# The pipelines docs/operations.md names, so its commands run verbatim in the tests.
+@pipeline("invoices.send")
+def send_invoice(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    return params
+
+
+@pipeline("reports.daily", schedule="0 6 * * *", schedule_tz="Europe/Paris")
+def daily_report(ctx: Context, params: dict[str, Any]) -> None:
+    return None
