@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from app import enqueue, operations
+from app import __version__, enqueue, operations
 from app.database import make_engine
 from app.settings import Settings
 from app.states import RunStatus
-from tests.conftest import fetch_run
+from tests.conftest import ROOT, fetch_run
 from tests.support.runs import finished_run
 from tests.support.waiting import wait_until
 from tests.support.workers import run_burst
@@ -145,12 +148,50 @@ def test_bad_operations_input_is_one_line_and_exit_2(
 def test_enqueue_from_a_file_inserts_every_line(engine: Engine, orbit: Orbit, tmp_path: Path) -> None:
     path = tmp_path / "runs.jsonl"
     path.write_text("".join(f'{{"n": {n}}}\n' for n in range(500)) + "\n")
-    out = _ok(orbit("enqueue", "test.echo", "--from-file", str(path), "--priority", "3"))
-    assert out.startswith("500 run(s) of test.echo enqueued")
+    result = orbit("enqueue", "test.echo", "--from-file", str(path), "--priority", "3")
+    assert _ok(result).startswith("500 run(s) of test.echo enqueued")
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT params, priority FROM runs ORDER BY id")).all()
     assert [r.params["n"] for r in rows] == list(range(500))
     assert {r.priority for r in rows} == {3}
+
+
+def _read_terminal(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def test_enqueue_from_a_file_shows_progress_on_a_terminal(
+    engine: Engine, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With stderr on a terminal, a bar counts the lines up to 100%."""
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(f'{{"n": {n}}}\n' for n in range(4)))
+    terminal, child_end = pty.openpty()
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "enqueue", "test.echo", "--from-file", str(path)],
+        env=worker_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=child_end,
+        text=True,
+        timeout=60,
+    )
+    os.close(child_end)
+    shown = _read_terminal(terminal)
+    assert result.returncode == 0, shown
+    assert "] 100% 4/4 lines" in shown and "25% 1/4 lines" in shown
+    assert _count(engine) == 4
 
 
 def test_enqueue_from_stdin(engine: Engine, orbit: Orbit) -> None:
@@ -199,6 +240,25 @@ def test_concurrent_enqueues_with_one_key_get_one_run(engine: Engine, database_u
     assert len(ids) == threads
     assert len(set(ids)) == 1
     assert _count(engine) == 1
+
+
+# --- versions ------------------------------------------------------------------------------------
+
+
+def test_each_run_records_the_version_of_the_deploy_that_ran_it(
+    engine: Engine, orbit: Orbit, make_settings: Callable[..., Settings]
+) -> None:
+    """The package version plus ORBIT_CODE_VERSION, on the run and in `orbit status`."""
+    before = _enqueue(engine, "test.noop")
+    run_burst(make_settings(ORBIT_CODE_VERSION="7f3c2a1"))
+    after = _enqueue(engine, "test.noop")
+    run_burst(make_settings(ORBIT_CODE_VERSION="9b81d0e"))
+    assert fetch_run(engine, before).code_version == f"{__version__}+7f3c2a1"
+    assert fetch_run(engine, after).code_version == f"{__version__}+9b81d0e"
+    assert f"code_version:  {__version__}+7f3c2a1" in _ok(orbit("status", str(before)))
+    unset = _enqueue(engine, "test.noop")
+    run_burst(make_settings())
+    assert fetch_run(engine, unset).code_version == __version__
 
 
 # --- retention -----------------------------------------------------------------------------------

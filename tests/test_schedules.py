@@ -15,6 +15,9 @@ from sqlalchemy import Engine, text
 from app import registry
 from app.registry import RegistryError
 from app.schedules import Scheduler, due_slots, next_slot
+from app.settings import Settings
+from app.states import RunStatus
+from tests.support.workers import run_burst
 
 Orbit = Callable[..., subprocess.CompletedProcess[str]]
 DAILY = registry.get("test.daily")  # 0 6 * * * UTC
@@ -108,6 +111,26 @@ def test_concurrent_leaders_enqueue_each_slot_once(engine: Engine, database_url:
     runs = _runs(engine)
     assert len(runs) == 5
     assert len({r.run_at for r in runs}) == 5
+
+
+def test_a_worker_enqueues_the_due_slot_and_runs_it(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """The worker's leader pass (every RECOVERY_INTERVAL) enqueues a due slot once; the run executes."""
+    _pass(engine)
+    _set_last_slot(engine, "test.daily", 2)
+    for _ in range(2):  # the second worker is a restart: the slot, finished, is not enqueued again
+        with engine.begin() as conn:
+            # Something to run, so the burst worker turns its loop and makes its leader pass.
+            conn.execute(text("INSERT INTO runs (pipeline) VALUES ('test.noop')"))
+        run_burst(make_settings(RECOVERY_INTERVAL="10ms"))
+    with engine.connect() as conn:
+        slots = list(conn.execute(text("SELECT status, key FROM runs WHERE pipeline = 'test.daily'")))
+        noops = conn.execute(text("SELECT count(*) FROM runs WHERE status = 'succeeded'")).scalar_one()
+    assert noops == 3
+    assert len(slots) == 1
+    assert slots[0].status == RunStatus.SUCCEEDED
+    assert slots[0].key.startswith("schedule:test.daily:")
 
 
 def test_orbit_schedules_lists_next_fire_times(engine: Engine, orbit: Orbit) -> None:
