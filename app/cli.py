@@ -510,7 +510,18 @@ def _like(glob: str) -> str:
 
 def _pause(glob: str) -> bool:
     like = _like(glob)
-    return bool(_transaction(lambda conn: queries.pause(conn, glob, like, _paused_by())))
+    known = set(discover(_settings().pipeline_modules))
+
+    def pause(conn: Connection) -> bool:
+        # A mistyped glob would pause nothing while the operator believes it does.
+        if not operations.matches_any(glob, known | queries.worker_pipelines(conn)):
+            raise UsageError(
+                f"no known pipeline matches {glob!r}: neither ORBIT_PIPELINES nor a registered "
+                "worker has one; nothing was paused"
+            )
+        return queries.pause(conn, glob, like, _paused_by())
+
+    return bool(_transaction(pause))
 
 
 def cmd_pause(args: argparse.Namespace) -> int:

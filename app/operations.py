@@ -6,8 +6,9 @@ survives restarts; nothing has to be sent to a worker.
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,11 @@ def glob_to_like(glob: str) -> str:
         raise GlobError(f"bad glob {glob!r}: only * and ? are supported, not [...]")
     escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+def matches_any(glob: str, pipelines: Iterable[str]) -> bool:
+    """Whether ``glob`` (already checked by :func:`glob_to_like`) matches one of ``pipelines``."""
+    return any(fnmatch.fnmatchcase(name, glob) for name in pipelines)
 
 
 @dataclass(frozen=True)

@@ -552,6 +552,8 @@ _LIST_PAUSES = text("""
            AS pending
     FROM pauses p ORDER BY p.paused_at, p.pattern
 """)
+# Every pipeline some registered worker runs (stopped ones included: they may come back).
+_WORKER_PIPELINES = text("SELECT DISTINCT unnest(pipelines) AS pipeline FROM workers")
 _RUNNING_MATCHING = text("""
     SELECT id, pipeline, worker_id, started_at FROM runs
     WHERE status = 'running' AND pipeline LIKE :like_pattern
@@ -572,6 +574,10 @@ def unpause(conn: Connection, pattern: str) -> bool:
 
 def list_pauses(conn: Connection) -> list[Row[Any]]:
     return list(conn.execute(_LIST_PAUSES))
+
+
+def worker_pipelines(conn: Connection) -> set[str]:
+    return {str(name) for name in conn.execute(_WORKER_PIPELINES).scalars()}
 
 
 def running_matching(conn: Connection, like_pattern: str) -> list[Row[Any]]:

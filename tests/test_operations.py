@@ -104,6 +104,17 @@ def test_drain_waits_for_the_running_run_then_exits_0(
     assert "test.coop*" in _ok(orbit("pauses"))
 
 
+def test_a_pipeline_only_a_registered_worker_knows_can_be_paused(engine: Engine, orbit: Orbit) -> None:
+    """The CLI need not load every pipeline: those listed by registered workers count as known."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("""INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, pipelines, version)
+                    VALUES ('elsewhere:1', 'elsewhere', 1, 1, '*', '{billing.close}', 'x')""")
+        )
+    assert "paused" in _ok(orbit("pause", "billing.*"))
+    assert _count(engine, "SELECT count(*) FROM pauses") == 1
+
+
 def test_drain_timeout_exits_1_naming_what_still_runs(engine: Engine, orbit: Orbit) -> None:
     with engine.begin() as conn:
         run_id = conn.execute(
@@ -123,6 +134,8 @@ def test_drain_timeout_exits_1_naming_what_still_runs(engine: Engine, orbit: Orb
         (["pause", "test.[ab]"], "orbit: bad glob 'test.[ab]'"),
         (["pause", ""], "orbit: bad glob ''"),
         (["unpause", "x]"], "orbit: bad glob 'x]'"),
+        (["pause", "tset.*"], "orbit: no known pipeline matches 'tset.*'"),
+        (["drain", "test.nosuch", "--timeout", "1s"], "orbit: no known pipeline matches 'test.nosuch'"),
         (["drain", "--timeout", "soon"], "orbit: --timeout 'soon': expected a duration"),
         (["drain", "--timeout", "0"], "orbit: --timeout '0': must be longer than zero"),
         (["prune", "--older-than", "week"], "orbit: --older-than 'week': expected a duration"),
