@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 from app import EnqueueError, enqueue, enqueue_many
@@ -65,9 +67,20 @@ def test_a_live_key_returns_the_existing_run(engine: Engine) -> None:
     assert _count(engine) == 2
 
 
-def test_enqueue_many_inserts_all_in_one_statement(engine: Engine) -> None:
-    """enqueue_many returns one id per run, in order."""
+def test_enqueue_many_inserts_thousands_in_one_statement(engine: Engine) -> None:
+    """enqueue_many sends one statement for 5000 runs and returns one id per run, in order."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
     with engine.begin() as conn:
-        ids = enqueue_many([("test.noop", {"i": i}) for i in range(500)], connection=conn)
-    assert len(ids) == 500 == _count(engine)
+        event.listen(conn, "before_cursor_execute", count)
+        ids = enqueue_many([("test.noop", {"i": i}) for i in range(5000)], connection=conn)
+        event.remove(conn, "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+    assert len(ids) == 5000 == _count(engine)
     assert ids == sorted(ids)
+    with engine.connect() as conn:
+        params = conn.execute(text("SELECT params FROM runs ORDER BY id")).scalars().all()
+    assert [p["i"] for p in params] == list(range(5000))
