@@ -37,12 +37,16 @@ def next_slot(pipeline: Pipeline, after: datetime) -> datetime:
 
 def due_slots(pipeline: Pipeline, last_slot: datetime, now: datetime) -> list[datetime]:
     """Slots after ``last_slot`` up to ``now``: all with backfill, else only the latest."""
+    if not pipeline.backfill:
+        # Straight to the latest: walking from last_slot would stop at MAX_BACKFILL, on a stale slot.
+        latest = latest_slot(pipeline, now)
+        return [latest] if latest > last_slot else []
     slots: list[datetime] = []
     slot = next_slot(pipeline, last_slot)
     while slot <= now and len(slots) < MAX_BACKFILL:
         slots.append(slot)
         slot = next_slot(pipeline, slot)
-    return slots if pipeline.backfill else slots[-1:]
+    return slots
 
 
 def slot_key(pipeline: str, slot: datetime) -> str:
@@ -81,12 +85,16 @@ class Scheduler:
             log.info("Scheduled run enqueued", pipeline=pipeline.name, slot=slot.isoformat(), run_id=run_id)
         if last is not None and not slots:
             return 0
-        newest = slots[-1] if slots else _previous(pipeline, now)
+        newest = slots[-1] if slots else latest_slot(pipeline, now)
         queries.save_schedule(conn, pipeline.name, newest, next_slot(pipeline, max(newest, now)))
         return len(slots)
 
 
-def _previous(pipeline: Pipeline, now: datetime) -> datetime:
+def latest_slot(pipeline: Pipeline, now: datetime) -> datetime:
+    """The last slot at or before ``now``."""
     assert pipeline.schedule is not None
     start = now.astimezone(ZoneInfo(pipeline.schedule_tz))
-    return croniter(pipeline.schedule, start).get_prev(datetime)  # type: ignore[no-any-return]
+    previous: datetime = croniter(pipeline.schedule, start).get_prev(datetime)
+    # get_prev is strictly before its start; a slot falling exactly on now is due.
+    following = next_slot(pipeline, previous)
+    return following if following <= now else previous

@@ -6,7 +6,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from app import registry
 from app.registry import RegistryError
-from app.schedules import Scheduler, due_slots, next_slot
+from app.schedules import MAX_BACKFILL, Scheduler, due_slots, next_slot
 from app.settings import Settings
 from app.states import RunStatus
 from tests.support.workers import run_burst
@@ -40,6 +40,21 @@ def test_missed_slots_are_skipped_unless_the_pipeline_asks_for_backfill() -> Non
     assert due_slots(DAILY, last, now) == [_utc(23, 6)]
     assert due_slots(BACKFILL, _utc(20, 5, 30), now) == [_utc(d, 5, 30) for d in (21, 22, 23)]
     assert due_slots(DAILY, _utc(23, 6), now) == []
+
+
+def test_a_frequent_schedule_after_a_long_outage_enqueues_only_the_latest_slot() -> None:
+    """Without backfill, 3 days of missed minutes give the latest minute, not a stale one."""
+    minutely = registry.Pipeline("test.minutely", lambda ctx, params: None, schedule="* * * * *")
+    assert due_slots(minutely, _utc(20, 0), _utc(23, 7, 0) + timedelta(seconds=30)) == [_utc(23, 7)]
+    assert due_slots(minutely, _utc(20, 0), _utc(23, 7)) == [_utc(23, 7)]  # a slot exactly on now
+    assert due_slots(minutely, _utc(23, 7), _utc(23, 7)) == []
+    # With backfill every slot runs, oldest first, at most MAX_BACKFILL per pass.
+    catch_up = registry.Pipeline(
+        "test.catch_up", lambda ctx, params: None, schedule="* * * * *", backfill=True
+    )
+    slots = due_slots(catch_up, _utc(20, 0), _utc(23, 7))
+    assert len(slots) == MAX_BACKFILL
+    assert slots[0] == _utc(20, 0, 1) and slots == sorted(slots)
 
 
 @pytest.mark.parametrize(
