@@ -425,9 +425,6 @@ _LIST_WORKERS = text("""
            EXTRACT(EPOCH FROM now() - w.heartbeat_at)::double precision AS heartbeat_age_s
     FROM workers w ORDER BY w.started_at DESC
 """)
-_RUNNABLE_COUNT = text("""
-    SELECT count(*) FROM runs WHERE status = 'pending' AND run_at <= now() AND pipeline = ANY(:pipelines)
-""")
 
 
 def get_run(conn: Connection, run_id: int) -> Row[Any] | None:
@@ -445,10 +442,6 @@ def list_runs(conn: Connection, *, status: str | None, pipeline: str | None, lim
 
 def list_workers(conn: Connection) -> list[Row[Any]]:
     return list(conn.execute(_LIST_WORKERS))
-
-
-def runnable_count(conn: Connection, pipelines: Sequence[str]) -> int:
-    return int(conn.execute(_RUNNABLE_COUNT, {"pipelines": list(pipelines)}).scalar() or 0)
 
 
 # --- observability: queue depth, fleet report, health --------------------------------------------
