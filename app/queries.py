@@ -106,29 +106,46 @@ def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
 # --- claim ---------------------------------------------------------------------------------------
 
 # The CTE fences the planner: the inner LIMIT is applied before the UPDATE, so a claim never
-# takes more rows than asked. Paused pipelines are skipped here, so every worker obeys a pause
-# on its next poll without being told. Defaults of the pipeline are written into the row at claim time,
-# so SQL readers (and the rescuer, which has no registry) see the effective values.
+# takes more rows than asked. The claimed runs come back in claim order (a worker starts runs it
+# claimed ahead in that order). Paused pipelines are skipped here, so every worker obeys a pause
+# on its next poll without being told; the unpaused pipelines are worked out once per claim (an
+# InitPlan), not once per candidate row. Defaults of the pipeline are written into the row at
+# claim time, so SQL readers (and the rescuer, which has no registry) see the effective values.
 _CLAIM = text("""
     WITH next AS (
         SELECT id FROM runs
-        WHERE status = 'pending' AND run_at <= now() AND pipeline = ANY(:pipelines)
-          AND NOT EXISTS (SELECT 1 FROM pauses p WHERE runs.pipeline LIKE p.like_pattern)
+        WHERE status = 'pending' AND run_at <= now()
+          AND pipeline = ANY(ARRAY(
+              SELECT name FROM unnest(CAST(:pipelines AS text[])) AS name
+              WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)))
         ORDER BY priority DESC, run_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    UPDATE runs r
-    SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
-        started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
-        max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
-        timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
-    FROM next
-    WHERE r.id = next.id
-    RETURNING r.id, r.pipeline, r.params::text AS params_json, r.attempt, r.max_attempts,
-              EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s,
-              GREATEST(EXTRACT(EPOCH FROM now() - r.run_at), 0)::double precision AS waited_s
+    , claimed AS (
+        UPDATE runs r
+        SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
+            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
+            max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
+            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
+        FROM next
+        WHERE r.id = next.id
+        RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
+    )
+    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
+           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
+           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+    FROM claimed
+    ORDER BY priority DESC, run_at, id
 """)
+
+# The claim must read runs_claim_idx in claim order and stop at the batch size. Right after a
+# burst of enqueues the table's statistics are stale (autovacuum analyzes it within a minute), and
+# the planner then prefers a bitmap scan that reads and sorts every pending run: measured at 9 ms
+# a claim with 10,000 pending against 0.1 ms for the ordered index scan. Sorting is disabled for
+# the claim alone (the only plan without a sort is the ordered index scan), then restored.
+_NO_SORT = text("SET LOCAL enable_sort = off")
+_SORT_AGAIN = text("SET LOCAL enable_sort = on")
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,7 @@ def claim(
     version: str,
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runnable runs of the pipelines in ``defaults``."""
+    conn.execute(_NO_SORT)
     rows = conn.execute(
         _CLAIM,
         {
@@ -163,7 +181,9 @@ def claim(
             "version": version,
         },
     ).mappings()
-    return [ClaimedRun(**row) for row in rows]
+    claimed = [ClaimedRun(**row) for row in rows]
+    conn.execute(_SORT_AGAIN)
+    return claimed
 
 
 # --- outcomes (all fenced on run id + status running + worker + attempt) --------------------------
@@ -658,6 +678,7 @@ def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int
         "version": "explain",
     }
     with conn.begin_nested() as savepoint:
+        conn.execute(_NO_SORT)
         plan = [
             str(row[0]) for row in conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM.text}"), params)
         ]
