@@ -17,9 +17,12 @@ from sqlalchemy import Connection, Row, text
 from app.states import RunStatus
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def to_json(value: Any) -> str:
     """JSON text for a jsonb parameter; rejects what Postgres cannot store (NaN, NUL, lone surrogates)."""
-    encoded = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    encoded = _ENCODER.encode(value)
     if "\\u0000" in encoded:
         raise ValueError("JSON text cannot contain the NUL character (\\u0000)")
     try:
@@ -44,14 +47,15 @@ _LIVE_RUN_BY_KEY = text("""
     SELECT id FROM runs WHERE key = :key AND status IN ('pending', 'running')
 """)
 
-_INSERT_MANY = text("""
-    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts)
-    SELECT v.pipeline, v.params, v.priority, now() + make_interval(secs => v.delay), v.max_attempts
-    FROM unnest(CAST(:pipelines AS text[]), CAST(:params AS jsonb[]), CAST(:priorities AS int[]),
-                CAST(:delays AS double precision[]), CAST(:max_attempts AS int[]))
-         AS v(pipeline, params, priority, delay, max_attempts)
-    RETURNING id
+# Many runs go in with COPY, about three times as fast as a multi-row INSERT: their ids are taken
+# from the sequence first (so they can be returned, in order), and run_at is the transaction's
+# now() plus each delay, as the single INSERT computes it. COPY fires the INSERT trigger once.
+_RESERVE_IDS = text("""
+    SELECT now() AS now,
+           ARRAY(SELECT nextval(pg_get_serial_sequence('runs', 'id')) FROM generate_series(1, :count)) AS ids
 """)
+
+_COPY_RUNS = "COPY runs (id, pipeline, params, priority, run_at, max_attempts) FROM STDIN"
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,18 @@ class NewRun:
     max_attempts: int | None = None
     timeout: float | None = None
     key: str | None = None
+    params_json: str = ""  # params already encoded by to_json (encoded here when empty)
+
+    @property
+    def encoded_params(self) -> str:
+        return self.params_json or to_json(self.params)
 
 
 def insert_run(conn: Connection, run: NewRun) -> int:
     """Insert one run; with a key that is live already, return the live run's id."""
     values = {
         "pipeline": run.pipeline,
-        "params": to_json(run.params),
+        "params": run.encoded_params,
         "priority": run.priority,
         "run_at": run.run_at,
         "delay": run.delay,
@@ -89,18 +98,19 @@ def insert_run(conn: Connection, run: NewRun) -> int:
 
 
 def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
-    """Insert many runs in one statement (no keys, no timeouts: use insert_run for those)."""
-    result = conn.execute(
-        _INSERT_MANY,
-        {
-            "pipelines": [r.pipeline for r in runs],
-            "params": [to_json(r.params) for r in runs],
-            "priorities": [r.priority for r in runs],
-            "delays": [r.delay for r in runs],
-            "max_attempts": [r.max_attempts for r in runs],
-        },
-    )
-    return [int(i) for i in result.scalars()]
+    """Insert many runs with one COPY, in the caller's transaction (no keys, no timeouts: use
+    insert_run for those); returns their ids in order."""
+    if not runs:
+        return []
+    reserved = conn.execute(_RESERVE_IDS, {"count": len(runs)}).one()
+    ids, now = [int(i) for i in reserved.ids], reserved.now
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(_COPY_RUNS) as copy:
+        for run_id, r in zip(ids, runs, strict=True):
+            run_at = r.run_at or now + timedelta(seconds=r.delay)
+            copy.write_row((run_id, r.pipeline, r.encoded_params, r.priority, run_at, r.max_attempts))
+    return ids
 
 
 # --- claim ---------------------------------------------------------------------------------------
