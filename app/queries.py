@@ -16,7 +16,6 @@ from sqlalchemy import Connection, Row, text
 
 from app.states import RunStatus
 
-
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 

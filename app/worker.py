@@ -302,8 +302,8 @@ class Worker:
             timeout = min(timeout, max(0.0, deadline - now))
         if self.stopping and self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
-        if self._unwritten:
-            timeout = min(timeout, max(0.0, self._db_retry_at - now))
+        if self._unwritten and self._db_retry_at > now:
+            timeout = min(timeout, self._db_retry_at - now)  # outcomes wait for the database
         if self._successes or self._transitions:
             timeout = min(timeout, self._flush_policy.remaining(now))
         ready = wait([*self.pool.connections(), self._wake_r], timeout)
