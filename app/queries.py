@@ -152,9 +152,9 @@ _CLAIM = text("""
 # burst of enqueues the table's statistics are stale (autovacuum analyzes it within a minute), and
 # the planner then prefers a bitmap scan that reads and sorts every pending run: measured at 9 ms
 # a claim with 10,000 pending against 0.1 ms for the ordered index scan. Sorting is disabled for
-# the claim alone (the only plan without a sort is the ordered index scan), then restored.
+# the rest of the claiming transaction (the only plan without a sort is the ordered index scan);
+# callers claim last, and a sort after it would still run, only planned as a last resort.
 _NO_SORT = text("SET LOCAL enable_sort = off")
-_SORT_AGAIN = text("SET LOCAL enable_sort = on")
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def claim(
     defaults: dict[str, tuple[int, float]],
     version: str,
 ) -> list[ClaimedRun]:
-    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults``."""
+    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults`` (last in its transaction)."""
     conn.execute(_NO_SORT)
     rows = conn.execute(
         _CLAIM,
@@ -190,9 +190,7 @@ def claim(
             "version": version,
         },
     ).mappings()
-    claimed = [ClaimedRun(**row) for row in rows]
-    conn.execute(_SORT_AGAIN)
-    return claimed
+    return [ClaimedRun(**row) for row in rows]
 
 
 # --- outcomes (all fenced on run id + status running + worker + attempt) --------------------------
