@@ -414,12 +414,14 @@ class Worker:
             self._transitions.append(release(run))
             self._unwritten[run.id] = run.attempt
         self._claimed.clear()
+        self._flush_policy.added(time.monotonic())
 
     def _release_in_flight(self) -> None:
         lost = Failure(ErrorKind.INTERRUPTED, "Shutdown", "worker shut down")
         for outcome in self.pool.stop_all(lost):
             self._transitions.append(release(outcome.run))
             self._unwritten[outcome.run.id] = outcome.run.attempt
+            self._flush_policy.added(time.monotonic())
             self.log.warning("Run released at shutdown", **_run_fields(outcome.run))
 
     # --- heartbeat ---------------------------------------------------------------------------
