@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import subprocess
@@ -141,13 +142,14 @@ class Bench:
     def enqueue_rates(self) -> dict[str, float]:
         """Runs per second: Orbit's batch and single enqueue, and the plain psycopg loops."""
         size, rates = self.size, {}
-        for name, action, count in (
+        actions: tuple[tuple[str, Callable[[], None], int], ...] = (
             ("batch", lambda: self.fill(size.jobs), size.jobs),
             ("plain batch", lambda: plain.copy_runs(libpq_url(self.url), size.jobs), size.jobs),
             ("single", lambda: self._single(size.single, own=True), size.single),
             ("single in transaction", lambda: self._single(size.single, own=False), size.single),
             ("plain single", lambda: plain.insert_runs(libpq_url(self.url), size.single), size.single),
-        ):
+        )
+        for name, action, count in actions:
             self.reset()
             started = time.perf_counter()
             action()
@@ -174,7 +176,7 @@ class Bench:
             for _ in range(self.size.pickups + 1):
                 enqueued = time.time()
                 run_id = enqueue("bench.stamp", {})
-                _wait(lambda run_id=run_id: self._finished(run_id), "a run to finish")
+                _wait(functools.partial(self._finished, run_id), "a run to finish")
                 started, claimed = self._pickup(run_id)
                 starts.append((started - enqueued) * 1000)
                 claims.append(claimed)
