@@ -32,7 +32,7 @@ migrate: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy app
+	$(BIN)/mypy app bench
 
 format: install
 	$(BIN)/ruff check --fix .

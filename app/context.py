@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -56,11 +57,15 @@ class Context:
         self.attempt = run.attempt
         self.params = params
         self.worker_id = runtime.worker_id
-        self.log = structlog.get_logger("orbit.pipeline").bind(
-            run_id=run.id, pipeline=run.pipeline, attempt=run.attempt, worker_id=runtime.worker_id
-        )
         self._runtime = runtime
         self._steps_seen: set[str] = set()
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A logger bound to this run (made on first use: most runs of a busy worker never log)."""
+        return structlog.get_logger("orbit.pipeline").bind(
+            run_id=self.run_id, pipeline=self.pipeline, attempt=self.attempt, worker_id=self.worker_id
+        )
 
     @property
     def should_stop(self) -> bool:

@@ -54,7 +54,9 @@ def enqueue(
     if connection is not None:
         conn = connection.connection() if isinstance(connection, Session) else connection
         return queries.insert_run(conn, run)
-    with default_engine().begin() as conn:
+    # One statement, committed on its own: no BEGIN and COMMIT round trips. insert_run's key
+    # check needs no transaction (each statement sees what is committed when it starts).
+    with default_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         return queries.insert_run(conn, run)
 
 
@@ -96,7 +98,7 @@ def new_run(
         params = {}
     if not isinstance(params, Mapping):
         raise EnqueueError(f"params must be a JSON object, not {type(params).__name__}")
-    _check_json(params)
+    encoded = _check_json(params)
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
         raise EnqueueError(f"priority must be a whole number, not {priority!r}")
     if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
@@ -110,10 +112,12 @@ def new_run(
         max_attempts,
         None if timeout is None else _seconds("timeout", timeout, allow_zero=False),
         key,
+        encoded,
     )
 
 
-def _check_json(params: Mapping[str, Any]) -> None:
+def _check_json(params: Mapping[str, Any]) -> str:
+    """The params as JSON text, checked: encoded once, here, and stored as they are."""
     try:
         encoded = queries.to_json(params)
     except RecursionError:
@@ -122,6 +126,7 @@ def _check_json(params: Mapping[str, Any]) -> None:
         raise EnqueueError(f"params are not valid JSON: {exc}") from None
     if len(encoded.encode()) > MAX_PARAMS_BYTES:
         raise EnqueueError(f"params are larger than {MAX_PARAMS_BYTES} bytes of JSON")
+    return encoded
 
 
 def _seconds(name: str, value: float | str | timedelta | None, *, allow_zero: bool) -> float:

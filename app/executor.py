@@ -5,9 +5,9 @@ a ``multiprocessing`` Pipe. A run past its limit has its child's whole process g
 SIGKILL and the child replaced, so code stuck in ``time.sleep``, a blocking socket or a C loop stops
 for certain, and so do processes it spawned. A child that crashes (segfault, ``os._exit``, out of
 memory) fails only the run it held. A fork per run (RQ) was measured at ~360 runs/s on 2 cores.
-Measured by ``python -m bench``: one worker at concurrency 1 spends about 2.1 ms per no-op run, of
-which about 1.2 ms is Orbit's own cost over a bare claim-and-complete loop (this pipe round trip,
-the fenced completion, logging and metrics); see docs/performance.md.
+Measured by ``python -m bench``: a no-op run's round trip through this pool (pickle, pipe, child,
+outcome back) costs 140-160 µs on a loaded 2-core machine, about 30 µs on a quiet one; see
+docs/performance.md.
 
 Children are started with ``spawn`` (never ``fork``: the worker holds threads and connections),
 sit in their own process group, ignore SIGINT/SIGTERM (the worker decides their fate on shutdown)

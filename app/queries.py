@@ -16,10 +16,12 @@ from sqlalchemy import Connection, Row, text
 
 from app.states import RunStatus
 
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
 
 def to_json(value: Any) -> str:
     """JSON text for a jsonb parameter; rejects what Postgres cannot store (NaN, NUL, lone surrogates)."""
-    encoded = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    encoded = _ENCODER.encode(value)
     if "\\u0000" in encoded:
         raise ValueError("JSON text cannot contain the NUL character (\\u0000)")
     try:
@@ -44,14 +46,15 @@ _LIVE_RUN_BY_KEY = text("""
     SELECT id FROM runs WHERE key = :key AND status IN ('pending', 'running')
 """)
 
-_INSERT_MANY = text("""
-    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts)
-    SELECT v.pipeline, v.params, v.priority, now() + make_interval(secs => v.delay), v.max_attempts
-    FROM unnest(CAST(:pipelines AS text[]), CAST(:params AS jsonb[]), CAST(:priorities AS int[]),
-                CAST(:delays AS double precision[]), CAST(:max_attempts AS int[]))
-         AS v(pipeline, params, priority, delay, max_attempts)
-    RETURNING id
+# Many runs go in with COPY, about three times as fast as a multi-row INSERT: their ids are taken
+# from the sequence first (so they can be returned, in order), and run_at is the transaction's
+# now() plus each delay, as the single INSERT computes it. COPY fires the INSERT trigger once.
+_RESERVE_IDS = text("""
+    SELECT now() AS now,
+           ARRAY(SELECT nextval(pg_get_serial_sequence('runs', 'id')) FROM generate_series(1, :count)) AS ids
 """)
+
+_COPY_RUNS = "COPY runs (id, pipeline, params, priority, run_at, max_attempts) FROM STDIN"
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,18 @@ class NewRun:
     max_attempts: int | None = None
     timeout: float | None = None
     key: str | None = None
+    params_json: str = ""  # params already encoded by to_json (encoded here when empty)
+
+    @property
+    def encoded_params(self) -> str:
+        return self.params_json or to_json(self.params)
 
 
 def insert_run(conn: Connection, run: NewRun) -> int:
     """Insert one run; with a key that is live already, return the live run's id."""
     values = {
         "pipeline": run.pipeline,
-        "params": to_json(run.params),
+        "params": run.encoded_params,
         "priority": run.priority,
         "run_at": run.run_at,
         "delay": run.delay,
@@ -89,46 +97,64 @@ def insert_run(conn: Connection, run: NewRun) -> int:
 
 
 def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
-    """Insert many runs in one statement (no keys, no timeouts: use insert_run for those)."""
-    result = conn.execute(
-        _INSERT_MANY,
-        {
-            "pipelines": [r.pipeline for r in runs],
-            "params": [to_json(r.params) for r in runs],
-            "priorities": [r.priority for r in runs],
-            "delays": [r.delay for r in runs],
-            "max_attempts": [r.max_attempts for r in runs],
-        },
-    )
-    return [int(i) for i in result.scalars()]
+    """Insert many runs with one COPY, in the caller's transaction (no keys, no timeouts: use
+    insert_run for those); returns their ids in order."""
+    if not runs:
+        return []
+    reserved = conn.execute(_RESERVE_IDS, {"count": len(runs)}).one()
+    ids, now = [int(i) for i in reserved.ids], reserved.now
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(_COPY_RUNS) as copy:
+        for run_id, r in zip(ids, runs, strict=True):
+            run_at = r.run_at or now + timedelta(seconds=r.delay)
+            copy.write_row((run_id, r.pipeline, r.encoded_params, r.priority, run_at, r.max_attempts))
+    return ids
 
 
 # --- claim ---------------------------------------------------------------------------------------
 
 # The CTE fences the planner: the inner LIMIT is applied before the UPDATE, so a claim never
-# takes more rows than asked. Paused pipelines are skipped here, so every worker obeys a pause
-# on its next poll without being told. Defaults of the pipeline are written into the row at claim time,
-# so SQL readers (and the rescuer, which has no registry) see the effective values.
+# takes more rows than asked. The claimed runs come back in claim order (a worker starts runs it
+# claimed ahead in that order). Paused pipelines are skipped here, so every worker obeys a pause
+# on its next poll without being told; the unpaused pipelines are worked out once per claim (an
+# InitPlan), not once per candidate row. Defaults of the pipeline are written into the row at
+# claim time, so SQL readers (and the rescuer, which has no registry) see the effective values.
 _CLAIM = text("""
     WITH next AS (
         SELECT id FROM runs
-        WHERE status = 'pending' AND run_at <= now() AND pipeline = ANY(:pipelines)
-          AND NOT EXISTS (SELECT 1 FROM pauses p WHERE runs.pipeline LIKE p.like_pattern)
+        WHERE status = 'pending' AND run_at <= now()
+          AND pipeline = ANY(ARRAY(
+              SELECT name FROM unnest(CAST(:pipelines AS text[])) AS name
+              WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)))
         ORDER BY priority DESC, run_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    UPDATE runs r
-    SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
-        started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
-        max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
-        timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
-    FROM next
-    WHERE r.id = next.id
-    RETURNING r.id, r.pipeline, r.params::text AS params_json, r.attempt, r.max_attempts,
-              EXTRACT(EPOCH FROM r.timeout)::double precision AS timeout_s,
-              GREATEST(EXTRACT(EPOCH FROM now() - r.run_at), 0)::double precision AS waited_s
+    , claimed AS (
+        UPDATE runs r
+        SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
+            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
+            max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
+            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
+        FROM next
+        WHERE r.id = next.id
+        RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
+    )
+    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
+           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
+           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+    FROM claimed
+    ORDER BY priority DESC, run_at, id
 """)
+
+# The claim must read runs_claim_idx in claim order and stop at the batch size. Right after a
+# burst of enqueues the table's statistics are stale (autovacuum analyzes it within a minute), and
+# the planner then prefers a bitmap scan that reads and sorts every pending run: measured at 9 ms
+# a claim with 10,000 pending against 0.1 ms for the ordered index scan. Sorting is disabled for
+# the rest of the claiming transaction (the only plan without a sort is the ordered index scan);
+# callers claim last, and a sort after it would still run, only planned as a last resort.
+_NO_SORT = text("SET LOCAL enable_sort = off")
 
 
 @dataclass(frozen=True)
@@ -152,7 +178,8 @@ def claim(
     defaults: dict[str, tuple[int, float]],
     version: str,
 ) -> list[ClaimedRun]:
-    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults``."""
+    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults`` (last in its transaction)."""
+    conn.execute(_NO_SORT)
     rows = conn.execute(
         _CLAIM,
         {
@@ -657,6 +684,7 @@ def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int
         "version": "explain",
     }
     with conn.begin_nested() as savepoint:
+        conn.execute(_NO_SORT)
         plan = [
             str(row[0]) for row in conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM.text}"), params)
         ]

@@ -3,9 +3,11 @@
 One thread drives everything from a single loop (claim, collect outcomes, enforce time limits,
 heartbeat, rescue, report) so there is no shared state to lock. It sleeps in one ``wait`` on the
 executors' pipes and a wake-up pipe that signals and the LISTEN thread write to. No transaction is
-open while a pipeline runs: each database step is its own short transaction. Outcomes are
-buffered and written in one statement per loop turn; when the database is away they stay in
-memory and are written when it is back.
+open while a pipeline runs: each database step is its own short transaction. When runs finish
+quickly the worker claims a few ahead of its free slots (see app.batching), and outcomes are
+written in batches, together with the next claim when there is one; when the database is away
+they stay in memory and are written when it is back. A run claimed ahead is the worker's like a
+running one: its heartbeat is kept, and it is given back untouched at shutdown.
 
 Run it with ``python -m app.worker`` or ``orbit worker``.
 """
@@ -19,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import __version__, arguments, health, logs, queries
+from app.batching import FlushPolicy, Pace
 from app.database import Database, DatabaseError, check_schema, make_engine, migrate, resolve
 from app.executor import ChildConfig, ExecutorPool, Outcome
 from app.http_server import HttpServer, HttpServerError
@@ -110,6 +114,9 @@ class Worker:
         self._successes: list[Success] = []
         self._transitions: list[Transition] = []
         self._unwritten: dict[int, int] = {}  # run id -> attempt, outcome not yet in the database
+        self._claimed: deque[ClaimedRun] = deque()  # claimed ahead, not started yet
+        self._pace = Pace(self.options.concurrency)
+        self._flush_policy = FlushPolicy()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -117,7 +124,7 @@ class Worker:
         self._stop_deadline: float | None = None
         self._db_failures = 0
         self._conn: Connection | None = None  # see _db(atomic=False)
-        self._next_poll = 0.0
+        self._db_retry_at = 0.0
         self._next_poll = 0.0
         self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
         self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
@@ -220,19 +227,36 @@ class Worker:
             self._after_wait(time.monotonic())
 
     def _step(self, now: float) -> bool:
-        """Claim what fits, or advance the shutdown; True when the loop should end."""
+        """Start and claim what fits, or advance the shutdown; True when the loop should end."""
         if self.stopping:
+            self._release_claimed()
             if now >= (self._stop_deadline or now):
                 self._release_in_flight()
             return not self.pool.busy
-        if self.pool.free and now >= self._next_poll:
-            return self._claim_and_submit(now) == 0 and self._burst_done()
+        self._dispatch()
+        limit = self._claim_limit(now)
+        if limit and now >= self._next_poll:
+            return self._claim_and_submit(now, limit) == 0 and self._burst_done()
         return False
 
-    def _burst_done(self) -> bool:
-        return self.options.burst and not self.pool.busy and not self._unwritten
+    def _claim_limit(self, now: float) -> int:
+        """How many runs to claim now: the free slots, plus a few ahead when runs finish quickly."""
+        free, held, ahead = self.pool.free, len(self._claimed), self._pace.ahead(now)
+        if free > held or 2 * held < ahead:
+            return max(0, free + ahead - held)
+        return 0
 
-    def _claim_and_submit(self, now: float) -> int | None:
+    def _dispatch(self) -> None:
+        """Start runs claimed ahead in the free executor slots."""
+        for _ in range(min(self.pool.free, len(self._claimed))):
+            run = self._claimed.popleft()
+            self.pool.submit(run)
+            self.log.info("Run started", **_run_fields(run))
+
+    def _burst_done(self) -> bool:
+        return self.options.burst and not self.pool.busy and not self._unwritten and not self._claimed
+
+    def _claim_and_submit(self, now: float, limit: int) -> int | None:
         if now < self._db_retry_at:
             return None
         if self.options.burst:
@@ -241,22 +265,26 @@ class Worker:
         else:
             self._next_poll = now + self.settings.POLL_INTERVAL.total_seconds()
         self.log.debug("Worker polling...")
-        claimed = self._db(self._claim, atomic=False)
-        if claimed is None:
+        # Outcomes waiting to be written go in the same transaction: one commit for both.
+        successes, transitions = self._successes, self._transitions
+        done = self._db(lambda conn: (self._write(conn, successes, transitions), self._claim(conn, limit)))
+        if done is None:
             return None
+        owned, claimed = done
+        self._written(successes, transitions, owned)
         for run in claimed:
-            self.pool.submit(run)
             self.metrics.run_claimed(run)
-            self.log.info("Run started", **_run_fields(run))
+        self._claimed.extend(claimed)
+        self._dispatch()
         if claimed:
             self._next_poll = now  # found work: poll again as soon as a slot is free
         return len(claimed)
 
-    def _claim(self, conn: Connection) -> list[ClaimedRun]:
+    def _claim(self, conn: Connection, limit: int) -> list[ClaimedRun]:
         return queries.claim(
             conn,
             worker_id=self.options.worker_id,
-            limit=self.pool.free,
+            limit=limit,
             defaults=self.defaults,
             version=self.version,
         )
@@ -275,19 +303,26 @@ class Worker:
             timeout = min(timeout, max(0.0, deadline - now))
         if self.stopping and self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
-        if self._unwritten:
-            timeout = min(timeout, max(0.0, self._db_retry_at - now))
+        if self._unwritten and self._db_retry_at > now:
+            timeout = min(timeout, self._db_retry_at - now)  # outcomes wait for the database
+        if self._successes or self._transitions:
+            timeout = min(timeout, self._flush_policy.remaining(now))
         ready = wait([*self.pool.connections(), self._wake_r], timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
         for outcome in self.pool.collect(ready):
             self._record(outcome)
+        if not self.stopping:
+            self._dispatch()  # keep the executors busy while the loop talks to the database
 
     def _after_wait(self, now: float) -> None:
         for outcome in self.pool.expire(now):
             self._record(outcome)
-        self._flush()
+        waiting = len(self._successes) + len(self._transitions)
+        idle = self.stopping or not (self.pool.busy or self._claimed)
+        if self._flush_policy.due(now, waiting, idle=idle):
+            self._flush()
         if self._heartbeat.ready(now):
             self._beat()
         if self._rescue.ready(now) and not self.stopping:
@@ -311,6 +346,9 @@ class Worker:
     def _record(self, outcome: Outcome) -> None:
         run = outcome.run
         fields = _run_fields(run)
+        now = time.monotonic()
+        self._pace.finished(now)
+        self._flush_policy.added(now)
         if outcome.failure is None:
             self._successes.append(Success(run.id, run.attempt, outcome.result_json or "null"))
             self.stats.record(success=True, duration=outcome.duration)
@@ -345,8 +383,11 @@ class Worker:
         successes, transitions = self._successes, self._transitions
         # Successes alone are one statement; with transitions, all or nothing in one transaction.
         owned = self._db(lambda conn: self._write(conn, successes, transitions), atomic=bool(transitions))
-        if owned is None:
-            return
+        if owned is not None:
+            self._written(successes, transitions, owned)
+
+    def _written(self, successes: list[Success], transitions: list[Transition], owned: set[int]) -> None:
+        """Forget outcomes now in the database; warn about those that were no longer ours."""
         for run_id in {s.id for s in successes} | {t.id for t in transitions}:
             self._unwritten.pop(run_id, None)
             if run_id not in owned:
@@ -354,7 +395,10 @@ class Worker:
                     "Late outcome rejected: the run is no longer owned by this worker",
                     run_id=run_id,
                 )
-        self._successes, self._transitions = [], []
+        self._successes = self._successes[len(successes) :]
+        self._transitions = self._transitions[len(transitions) :]
+        if not (self._successes or self._transitions):
+            self._flush_policy.written()
 
     def _write(self, conn: Connection, successes: list[Success], transitions: list[Transition]) -> set[int]:
         owned = queries.succeed_many(conn, self.options.worker_id, successes)
@@ -363,24 +407,39 @@ class Worker:
                 owned.add(t.id)
         return owned
 
+    def _release_claimed(self) -> None:
+        """Give back the runs claimed ahead: pending again at once, their attempt not counted."""
+        if not self._claimed:
+            return
+        self.log.info("Runs claimed ahead given back at shutdown", runs=len(self._claimed))
+        for run in self._claimed:
+            self._transitions.append(release(run))
+            self._unwritten[run.id] = run.attempt
+        self._claimed.clear()
+        self._flush_policy.added(time.monotonic())
+
     def _release_in_flight(self) -> None:
         lost = Failure(ErrorKind.INTERRUPTED, "Shutdown", "worker shut down")
         for outcome in self.pool.stop_all(lost):
             self._transitions.append(release(outcome.run))
             self._unwritten[outcome.run.id] = outcome.run.attempt
+            self._flush_policy.added(time.monotonic())
             self.log.warning("Run released at shutdown", **_run_fields(outcome.run))
 
     # --- heartbeat ---------------------------------------------------------------------------
 
     def _beat(self) -> None:
-        held = {run.id: run.attempt for run in self.pool.busy}
+        held = {run.id: run.attempt for run in [*self.pool.busy, *self._claimed]}
         still_ours = self._db(
             lambda conn: queries.heartbeat(conn, self.options.worker_id, held), atomic=False
         )
         if still_ours is None:
             return
         self._last_beat = time.monotonic()
-        for run_id in set(held) - still_ours:
+        lost = set(held) - still_ours
+        if lost and self._claimed:
+            self._claimed = deque(run for run in self._claimed if run.id not in lost)
+        for run_id in lost:
             # Cancelled, or rescued by another worker while this one was unreachable.
             gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
             outcome = self.pool.stop(run_id, gone)

@@ -10,6 +10,8 @@ is not counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import statistics
 import subprocess
@@ -22,10 +24,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-import bench.pipelines  # noqa: F401  (registers bench.noop and bench.work10ms for enqueue)
+import bench.pipelines  # noqa: F401  (registers the bench pipelines for enqueue)
 from app import enqueue, enqueue_many, queries
 from app.database import libpq_url, make_engine, migrate, resolve, scratch_database
 from app.settings import load_settings_or_exit
+from bench import executor, plain
 
 NOOP = {"bench.noop": (3, 60.0)}
 
@@ -42,6 +45,7 @@ class Size:
 
 FULL = Size(jobs=20_000, single=2_000, pickups=200, work_jobs=2_000, processes=(1, 2, 4, 8), big_table=True)
 QUICK = Size(jobs=300, single=30, pickups=10, work_jobs=40, processes=(1, 2), big_table=False)
+EXECUTOR_RUNS = 20_000
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,13 @@ class Bench:
             with self.engine.begin() as conn:
                 enqueue_many([(pipeline, {}) for _ in range(min(5_000, count - start))], connection=conn)
 
-    def span_rate(self) -> float:
+    def span_rate(self, after_id: int = 0) -> float:
         """Runs per second between the first start and the last finish, on the database's clock."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 text("""SELECT count(*) AS n, EXTRACT(EPOCH FROM max(finished_at) - min(started_at)) AS s
-                        FROM runs WHERE status = 'succeeded'""")
+                        FROM runs WHERE status = 'succeeded' AND id > :after_id"""),
+                {"after_id": after_id},
             ).one()
         return float(row.n) / max(float(row.s or 0), 1e-6)
 
@@ -100,11 +105,29 @@ class Bench:
             raise SystemExit(f"bench: {what} exited with {codes}")
 
     def drain(self, processes: int, concurrency: int, pipeline: str = "bench.noop", jobs: int = 0) -> float:
+        """A running, warmed-up fleet gets a backlog at once; runs per second until it is done.
+
+        Worker start-up is left out: on two cores, starting eight workers and their executors
+        costs more CPU than draining 20,000 runs, and would be measured instead of the drain.
+        """
         self.reset()
-        self.fill(jobs or self.size.jobs, pipeline)
-        args = ["-m", "app.worker", "--burst", "--concurrency", str(concurrency)]
-        self.finish(self.spawn(args, processes), "a worker")
-        return self.span_rate()
+        jobs = jobs or self.size.jobs
+        workers = self.spawn(["-m", "app.worker", "--concurrency", str(concurrency)], processes)
+        try:
+            _wait(lambda: self._count("SELECT count(*) FROM workers") == processes, "workers to register")
+            warm_up = processes * concurrency * 4
+            self.fill(warm_up)
+            _wait(lambda: self._succeeded() == warm_up, "the warm-up runs", every=0.02)
+            self.fill(jobs, pipeline)
+            _wait(lambda: self._succeeded() == warm_up + jobs, "the drain", timeout=900, every=0.05)
+        finally:
+            for worker in workers:
+                worker.terminate()
+            self.finish(workers, "a worker")
+        return self.span_rate(after_id=warm_up)
+
+    def _succeeded(self) -> int:
+        return self._count("SELECT count(*) FROM runs WHERE status = 'succeeded'")
 
     def plain(self, batch: int, processes: int = 2) -> float:
         self.reset()
@@ -116,30 +139,48 @@ class Bench:
 
     # --- figures ---------------------------------------------------------------------------------
 
-    def enqueue_rates(self) -> tuple[float, float]:
-        self.reset()
-        started = time.perf_counter()
-        self.fill(self.size.jobs)
-        batch = self.size.jobs / (time.perf_counter() - started)
-        started = time.perf_counter()
-        for _ in range(self.size.single):
-            with self.engine.begin() as conn:
-                enqueue("bench.noop", {}, connection=conn)
-        return batch, self.size.single / (time.perf_counter() - started)
+    def enqueue_rates(self) -> dict[str, float]:
+        """Runs per second: Orbit's batch and single enqueue, and the plain psycopg loops."""
+        size, rates = self.size, {}
+        actions: tuple[tuple[str, Callable[[], None], int], ...] = (
+            ("batch", lambda: self.fill(size.jobs), size.jobs),
+            ("plain batch", lambda: plain.copy_runs(libpq_url(self.url), size.jobs), size.jobs),
+            ("single", lambda: self._single(size.single, own=True), size.single),
+            ("single in transaction", lambda: self._single(size.single, own=False), size.single),
+            ("plain single", lambda: plain.insert_runs(libpq_url(self.url), size.single), size.single),
+        )
+        for name, action, count in actions:
+            self.reset()
+            started = time.perf_counter()
+            action()
+            rates[name] = count / (time.perf_counter() - started)
+        return rates
 
-    def pickup_ms(self) -> list[float]:
-        """Enqueue one run at a time to an idle fleet of two workers; enqueue to start, in ms."""
+    def _single(self, count: int, *, own: bool) -> None:
+        """``enqueue()`` committing each run itself, or inside the caller's transaction."""
+        for _ in range(count):
+            if own:
+                enqueue("bench.noop", {})
+            else:
+                with self.engine.begin() as conn:
+                    enqueue("bench.noop", {}, connection=conn)
+
+    def pickup_ms(self) -> tuple[list[float], list[float]]:
+        """Enqueue one run at a time to an idle fleet of two workers, in ms: enqueue to the
+        pipeline's start (this host's clock) and enqueue to the claim (the database's clock)."""
         self.reset()
         workers = self.spawn(["-m", "app.worker", "--concurrency", "2"], 2)
         try:
             _wait(lambda: self._count("SELECT count(*) FROM workers") == 2, "workers to register")
-            latencies = []
+            starts, claims = [], []
             for _ in range(self.size.pickups + 1):
-                with self.engine.begin() as conn:
-                    run_id = enqueue("bench.noop", {}, connection=conn)
-                _wait(lambda run_id=run_id: self._finished(run_id), "a run to finish")
-                latencies.append(self._pickup(run_id))
-            return latencies[1:]  # the first wakes a cold executor
+                enqueued = time.time()
+                run_id = enqueue("bench.stamp", {})
+                _wait(functools.partial(self._finished, run_id), "a run to finish")
+                started, claimed = self._pickup(run_id)
+                starts.append((started - enqueued) * 1000)
+                claims.append(claimed)
+            return starts[1:], claims[1:]  # the first wakes a cold executor
         finally:
             for worker in workers:
                 worker.terminate()
@@ -174,7 +215,7 @@ class Bench:
     def explain(self) -> str:
         with self.engine.connect() as conn, conn.begin():
             plan = queries.explain_claim(conn, limit=10, defaults=NOOP)
-        scans = [line.strip() for line in plan if "Index Scan" in line or "Seq Scan" in line]
+        scans = [line.strip() for line in plan if " on runs " in line and "Scan" in line]
         buffers = next((line.strip() for line in plan if "Buffers:" in line), "")
         return f"{scans[0] if scans else plan[0]}; {buffers}"
 
@@ -194,21 +235,28 @@ class Bench:
                 == "succeeded"
             )
 
-    def _pickup(self, run_id: int) -> float:
+    def _pickup(self, run_id: int) -> tuple[float, float]:
+        """When the pipeline started (its result), and ms from enqueue to claim (database clock)."""
         with self.engine.connect() as conn:
-            seconds = conn.execute(
-                text("SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM runs WHERE id = :id"),
+            row = conn.execute(
+                text("""SELECT CAST(result AS text) AS started,
+                               EXTRACT(EPOCH FROM started_at - created_at) * 1000 AS claim_ms
+                        FROM runs WHERE id = :id"""),
                 {"id": run_id},
-            ).scalar_one()
-        return float(seconds) * 1000
+            ).one()
+        return float(row.started), float(row.claim_ms)
+
+    def executor_us(self, concurrency: int) -> float:
+        runs = EXECUTOR_RUNS if self.size.big_table else 200
+        return executor.round_trip_us(self.url, concurrency, runs)
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 120, every: float = 0.001) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: timed out waiting for {what}")
-        time.sleep(0.001)
+        time.sleep(every)
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -218,9 +266,22 @@ def _percentile(values: list[float], p: float) -> float:
 
 def measure(bench: Bench) -> Iterator[Row]:
     size, c = bench.size, bench.concurrency
-    batch, single = bench.enqueue_rates()
-    yield Row("batch enqueue (jobs/s)", f"{batch:,.0f}", "plain loop 81,000-119,000; PgQueuer 22,000-36,000")
-    yield Row("single enqueue (jobs/s)", f"{single:,.0f}", "plain loop 4,500-5,600; PgQueuer 1,500-2,700")
+    rates = bench.enqueue_rates()
+    batch, single = rates["batch"], rates["single"]
+    yield Row(
+        "batch enqueue, enqueue_many of 5,000 (jobs/s)",
+        f"{batch:,.0f} ({batch / rates['plain batch']:.0%} of plain)",
+        "target >= 80% of plain; PgQueuer 22,000-36,000",
+    )
+    yield Row("batch enqueue, plain loop: COPY of 5,000 (jobs/s)", f"{rates['plain batch']:,.0f}")
+    yield Row(
+        "single enqueue, enqueue() (jobs/s)",
+        f"{single:,.0f} ({single / rates['plain single']:.0%} of plain)",
+        "target >= 80% of plain; PgQueuer 1,500-2,700",
+    )
+    in_transaction = rates["single in transaction"]
+    yield Row("single enqueue, in the caller's transaction (jobs/s)", f"{in_transaction:,.0f}")
+    yield Row("single enqueue, plain loop: one INSERT (jobs/s)", f"{rates['plain single']:,.0f}")
     plain1, plain100 = bench.plain(1), bench.plain(100)
     for processes in size.processes:
         rate = bench.drain(processes, c)
@@ -236,14 +297,10 @@ def measure(bench: Bench) -> Iterator[Row]:
     )
     one_by_one = bench.drain(1, 1)
     plain_one = bench.plain(1, processes=1)
-    overhead = 1e6 / one_by_one - 1e6 / plain_one
     yield Row(
         "per-run time, 1 process x concurrency 1 (us)",
         f"{1e6 / one_by_one:,.0f}",
-        f"plain loop: {1e6 / plain_one:,.0f}",
-    )
-    yield Row(
-        "per-run overhead over the plain loop (us)", f"{overhead:,.0f}", "executor round trip + bookkeeping"
+        f"plain loop claim 1 + complete 1, 1 process: {1e6 / plain_one:,.0f}",
     )
     work = bench.drain(2, c, "bench.work10ms", size.work_jobs)
     ideal = 2 * c * 100
@@ -252,12 +309,22 @@ def measure(bench: Bench) -> Iterator[Row]:
         f"{work:,.0f} ({work / ideal:.0%} of {ideal})",
         "target >= 90%",
     )
-    latencies = bench.pickup_ms()
+    starts, claims = bench.pickup_ms()
     yield Row(
-        "pickup latency, idle fleet, p50 / p99 (ms)",
-        f"{_percentile(latencies, 0.5):.1f} / {_percentile(latencies, 0.99):.1f}",
+        "pickup, idle fleet, enqueue to pipeline start, p50 / p99 (ms)",
+        f"{_percentile(starts, 0.5):.1f} / {_percentile(starts, 0.99):.1f}",
         "target < 2 / < 5; PgQueuer 3.3-5.2 / 6-49",
     )
+    yield Row(
+        "pickup, idle fleet, enqueue to claim, p50 / p99 (ms)",
+        f"{_percentile(claims, 0.5):.1f} / {_percentile(claims, 0.99):.1f}",
+    )
+    for concurrency in (1, c):
+        yield Row(
+            f"executor round trip, no-op run, {concurrency} executor(s) (us per run)",
+            f"{bench.executor_us(concurrency):,.0f}",
+            "no database; hard time limit armed",
+        )
     bench.reset()
     bench.fill(1_000)
     empty = bench.claim_ms()
@@ -285,11 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the benchmark runs")
     parser.add_argument("--concurrency", type=int, default=4, help="runs at once per worker process")
+    parser.add_argument("--jobs", type=int, help="runs per drain (default 20,000; 300 with --quick)")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
+    if args.jobs:
+        size = dataclasses.replace(size, jobs=args.jobs)
     server = resolve(load_settings_or_exit()).direct_url
     with scratch_database(server, prefix="orbit_bench") as url, tempfile.TemporaryDirectory() as workdir:
         migrate(url)
+        # enqueue() without a connection uses the configured database: the scratch one.
+        os.environ["DATABASE_URL"] = url
         bench = Bench(url, size, args.concurrency, Path(workdir))
         rows: list[Row] = []
         try:

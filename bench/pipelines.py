@@ -16,3 +16,9 @@ def noop(ctx: Context, params: dict[str, Any]) -> None:
 @pipeline("bench.work10ms")
 def work10ms(ctx: Context, params: dict[str, Any]) -> None:
     time.sleep(0.01)
+
+
+@pipeline("bench.stamp")
+def stamp(ctx: Context, params: dict[str, Any]) -> float:
+    """When the pipeline started, on this host's clock (the benchmark runs its workers locally)."""
+    return time.time()

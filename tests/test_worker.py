@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, text
 from app import enqueue, enqueue_many, queries
 from app.settings import Settings
 from app.states import RunStatus
+from app.worker import build
 from tests.conftest import executions, fetch_run
 from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, process_alive, run_burst
@@ -223,3 +225,53 @@ def test_a_claim_takes_no_more_than_its_limit(engine: Engine) -> None:
         claimed = queries.claim(conn, worker_id="w", limit=7, defaults={"test.noop": (3, 60.0)}, version="t")
         running = conn.execute(text("SELECT count(*) FROM runs WHERE status = 'running'")).scalar()
     assert len(claimed) == running == 7
+
+
+def test_a_claim_returns_its_runs_in_claim_order(engine: Engine) -> None:
+    """Runs claimed together come back by priority, then run_at, then id (they start in that order)."""
+    low = [_enqueue(engine, "test.noop") for _ in range(3)]
+    high = _enqueue(engine, "test.noop", priority=5)
+    with engine.begin() as conn:
+        claimed = queries.claim(conn, worker_id="w", limit=10, defaults={"test.noop": (3, 60.0)}, version="t")
+    assert [run.id for run in claimed] == [high, *low]
+
+
+def test_the_claim_reads_the_index_in_order_on_stale_statistics(engine: Engine) -> None:
+    """Right after a burst of enqueues (no ANALYZE yet) the claim still stops at its batch size."""
+    with engine.begin() as conn:
+        enqueue_many([("test.noop", {}) for _ in range(5000)], connection=conn)
+    with engine.begin() as conn:
+        plan = "\n".join(queries.explain_claim(conn, limit=10, defaults={"test.noop": (3, 60.0)}))
+    assert "Index Scan using runs_claim_idx" in plan
+    assert "Bitmap" not in plan
+
+
+def test_enqueue_many_copies_runs_with_their_delays(engine: Engine) -> None:
+    """Batch insert (COPY) keeps the order of the ids, and run_at is the enqueue time plus the delay."""
+    runs = [queries.NewRun("test.noop", {"i": i}, delay=60.0 * (i % 2)) for i in range(4)]
+    with engine.begin() as conn:
+        ids = queries.insert_runs(conn, runs)
+        rows = conn.execute(
+            text("SELECT id, params, EXTRACT(EPOCH FROM run_at - created_at) AS delay FROM runs ORDER BY id")
+        ).all()
+    assert ids == [row.id for row in rows]
+    assert [row.params["i"] for row in rows] == [0, 1, 2, 3]
+    assert [round(float(row.delay)) for row in rows] == [0, 60, 0, 60]
+
+
+def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A stopping worker returns the runs it claimed but never started: pending, attempt not used."""
+    ids = [_enqueue(engine, "test.noop") for _ in range(3)]
+    worker = build(make_settings())
+    with engine.begin() as conn:
+        worker._claimed.extend(worker._claim(conn, limit=3))
+    assert {fetch_run(engine, i).status for i in ids} == {RunStatus.RUNNING}
+    worker.request_stop()
+    assert worker._step(time.monotonic()) is True
+    worker._after_wait(time.monotonic())
+    for run_id in ids:
+        run = fetch_run(engine, run_id)
+        assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
+    worker.engine.dispose()

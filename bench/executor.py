@@ -1,0 +1,32 @@
+"""The executor alone: a no-op run's round trip through the pool, with the hard time limit armed.
+
+No database: runs are made up and handed to ``ExecutorPool`` as the worker does, so the figure is
+what the executor processes and their pipes cost per run.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import wait
+
+from app.executor import ChildConfig, ExecutorPool
+from app.queries import ClaimedRun
+
+
+def round_trip_us(url: str, concurrency: int, runs: int) -> float:
+    """Microseconds per no-op run, from submit to outcome, with ``concurrency`` executors busy."""
+    pool = ExecutorPool(concurrency, ChildConfig("bench", url, ("bench.pipelines",), "warning"))
+    pool.start()
+    try:
+        deadline = time.monotonic() + 60
+        while pool.free < concurrency and time.monotonic() < deadline:
+            pool.collect(wait(pool.connections(), 1.0))
+        todo = [ClaimedRun(i, "bench.noop", "{}", 1, 1, 60.0) for i in range(runs)]
+        started, done = time.perf_counter(), 0
+        while done < runs:
+            while todo and pool.free:
+                pool.submit(todo.pop())
+            done += len(pool.collect(wait(pool.connections(), 1.0)))
+        return (time.perf_counter() - started) / runs * 1e6
+    finally:
+        pool.close()
