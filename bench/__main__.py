@@ -61,11 +61,13 @@ class Bench:
         self.size = size
         self.concurrency = concurrency
         self.engine: Engine = make_engine(url)
+        self.workdir = workdir
         self.env = {
             **os.environ,
             "DATABASE_URL": url,
             "ORBIT_PIPELINES": "bench.pipelines",
-            "LOG_LEVEL": "warning",
+            # Default settings otherwise: workers log two lines per run, to the files as well.
+            "LOG_LEVEL": "info",
             "LOG_FORMAT": "json",
             "LOGS_DIR": str(workdir),
             "METRICS_INTERVAL": "1h",
@@ -95,14 +97,19 @@ class Bench:
 
     def spawn(self, args: list[str], count: int) -> list[subprocess.Popen[bytes]]:
         return [
-            subprocess.Popen([sys.executable, *args], env=self.env, stdout=subprocess.DEVNULL)
+            subprocess.Popen(
+                [sys.executable, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             for _ in range(count)
         ]
 
     def finish(self, procs: list[subprocess.Popen[bytes]], what: str) -> None:
         codes = [proc.wait(timeout=900) for proc in procs]
         if codes != [0] * len(procs):
-            raise SystemExit(f"bench: {what} exited with {codes}")
+            errors = [
+                line for log in self.workdir.glob("*error.log") for line in log.read_text().splitlines()
+            ]
+            raise SystemExit(f"bench: {what} exited with {codes}; last errors: {errors[-3:]}")
 
     def drain(self, processes: int, concurrency: int, pipeline: str = "bench.noop", jobs: int = 0) -> float:
         """A running, warmed-up fleet gets a backlog at once; runs per second until it is done.
