@@ -25,6 +25,7 @@ class ChildRuntime:
         self.worker_id = worker_id
         self.database_url = database_url
         self.stop_requested = False
+        self.draining = False
         self._engine: Engine | None = None
 
     @property
@@ -37,7 +38,9 @@ class ChildRuntime:
         return self._engine
 
     def request_stop(self) -> None:
+        """The worker is shutting down: the current run should stop, and no queued run start."""
         self.stop_requested = True
+        self.draining = True
 
     def reset(self) -> None:
         self.stop_requested = False

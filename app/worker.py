@@ -132,7 +132,7 @@ class Worker:
         self._report = _Every(report_every, time.monotonic() + report_every)
         self._last_beat = time.monotonic()
         self.metrics = WorkerMetrics(self.defaults)
-        self.metrics.watch(lambda: time.monotonic() - self._last_beat, lambda: len(self.pool.busy))
+        self.metrics.watch(lambda: time.monotonic() - self._last_beat, lambda: self.pool.running)
         every = s.QUEUE_METRICS_INTERVAL.total_seconds()
         self.metrics.registry.register(QueueCollector(self._queue_depth, every, self.defaults))
         self._fleet_health = Throttle(lambda: health.check(self.engine, s), every)
@@ -229,9 +229,10 @@ class Worker:
     def _step(self, now: float) -> bool:
         """Start and claim what fits, or advance the shutdown; True when the loop should end."""
         if self.stopping:
-            self._release_claimed()
             if now >= (self._stop_deadline or now):
                 self._release_in_flight()
+            self._take_back()
+            self._release_claimed()
             return not self.pool.busy
         self._dispatch()
         limit = self._claim_limit(now)
@@ -247,11 +248,27 @@ class Worker:
         return 0
 
     def _dispatch(self) -> None:
-        """Start runs claimed ahead in the free executor slots."""
-        for _ in range(min(self.pool.free, len(self._claimed))):
-            run = self._claimed.popleft()
-            self.pool.submit(run)
-            self.log.info("Run started", **_run_fields(run))
+        """Start runs claimed ahead in free executors; when runs are short, also queue one behind
+        each running run, so that its executor starts it the moment the first ends."""
+        self._take_back()
+        queue = False
+        while self._claimed:
+            if not self.pool.free:
+                if queue or not (self.pool.queueable and self._pace.ahead(time.monotonic())):
+                    return
+                queue = True
+            for _ in range(self.pool.queueable if queue else 1):
+                if not self._claimed:
+                    return
+                run = self._claimed.popleft()
+                self.pool.submit(run, queue=queue)
+                self.log.info("Run started", **_run_fields(run))
+
+    def _take_back(self) -> None:
+        """Runs an executor returned unstarted (it was killed, crashed or told to stop) go first."""
+        if self.pool.returned:
+            self._claimed.extendleft(reversed(self.pool.returned))
+            self.pool.returned.clear()
 
     def _burst_done(self) -> bool:
         return self.options.burst and not self.pool.busy and not self._unwritten and not self._claimed
@@ -437,14 +454,15 @@ class Worker:
             return
         self._last_beat = time.monotonic()
         lost = set(held) - still_ours
-        if lost and self._claimed:
-            self._claimed = deque(run for run in self._claimed if run.id not in lost)
         for run_id in lost:
             # Cancelled, or rescued by another worker while this one was unreachable.
             gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-            outcome = self.pool.stop(run_id, gone)
-            if outcome is not None:
-                self.log.warning("Run stopped: cancelled or taken over elsewhere", **_run_fields(outcome.run))
+            stopped = self.pool.stop(run_id, gone)
+            if stopped is not None:
+                self.log.warning("Run stopped: cancelled or taken over elsewhere", **_run_fields(stopped))
+        self._take_back()
+        if lost and self._claimed:
+            self._claimed = deque(run for run in self._claimed if run.id not in lost)
 
     # --- database access ---------------------------------------------------------------------
 

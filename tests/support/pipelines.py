@@ -255,3 +255,11 @@ def send_invoice(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 @pipeline("reports.daily", schedule="0 6 * * *", schedule_tz="Europe/Paris")
 def daily_report(ctx: Context, params: dict[str, Any]) -> None:
     return None
+
+
+@pipeline("test.nap")
+def nap(ctx: Context, params: dict[str, Any]) -> None:
+    """Sleeps ``seconds``; touches ``path`` first when given (proof that the run started)."""
+    if params.get("path"):
+        Path(params["path"]).touch()
+    time.sleep(float(params.get("seconds", 0)))
