@@ -171,9 +171,8 @@ class ExecutorPool:
                 else:
                     _, result_json, failure, finished = message
                     outcomes.append(self._finish(slot, finished, result_json=result_json, failure=failure))
-                    outcomes.extend(self._stop_doomed(index, slot))
-                    if self._slots[index] is not slot:
-                        return outcomes
+                    if self._stop_doomed(index, slot):
+                        return outcomes  # its child is gone; the slot has a new one
         except (EOFError, OSError):
             slot.process.join(timeout=5)
             reason = _exit_reason(slot.process)
@@ -198,13 +197,13 @@ class ExecutorPool:
             slot.deadline = finished + slot.runs[0].timeout_s
         return outcome
 
-    def _stop_doomed(self, index: int, slot: _Slot) -> list[Outcome]:
-        """A queued run that was stopped while it waited has just started: stop it now."""
+    def _stop_doomed(self, index: int, slot: _Slot) -> bool:
+        """A queued run that was stopped while it waited has just started: stop it now. The run is
+        no longer this worker's, so its outcome is dropped."""
         if not slot.runs or _key(slot.runs[0]) not in slot.doomed:
-            return []
-        lost = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-        self._kill(index, slot, lost)
-        return []  # the run is no longer this worker's: there is no outcome to record
+            return False
+        self._kill(index, slot, Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned"))
+        return True
 
     def _give_back(self, slot: _Slot) -> None:
         """Runs queued in a child that is gone never started: the worker takes them back."""
