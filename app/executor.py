@@ -6,7 +6,7 @@ SIGKILL and the child replaced, so code stuck in ``time.sleep``, a blocking sock
 for certain, and so do processes it spawned. A child that crashes (segfault, ``os._exit``, out of
 memory) fails only the run it held. A fork per run (RQ) was measured at ~360 runs/s on 2 cores.
 Measured by ``python -m bench``: a no-op run's round trip through this pool (pickle, pipe, child,
-outcome back) costs 140-160 µs on a loaded 2-core machine, about 30 µs on a quiet one; see
+outcome back) costs 83-103 µs on a quiet 2-core machine, 140-160 µs on a loaded one; see
 docs/performance.md.
 
 Children are started with ``spawn`` (never ``fork``: the worker holds threads and connections),
@@ -133,10 +133,9 @@ class ExecutorPool:
             )
         if slot is None:
             raise ExecutorError("no executor can take a run")
-        if not slot.runs:
-            slot.started = time.monotonic()
-            slot.deadline = slot.started + run.timeout_s
         slot.runs.append(run)
+        if len(slot.runs) == 1:
+            _started(slot, time.monotonic())
         slot.conn.send(run)
 
     def connections(self) -> list[Connection]:
@@ -192,9 +191,7 @@ class ExecutorPool:
         """The first run of ``slot`` ended at ``finished``; the next one, if any, started then."""
         run = slot.runs.popleft()
         outcome = Outcome(run, max(0.0, finished - slot.started), result_json, failure)
-        if slot.runs:
-            slot.started = finished
-            slot.deadline = finished + slot.runs[0].timeout_s
+        _started(slot, finished)
         return outcome
 
     def _stop_doomed(self, index: int, slot: _Slot) -> bool:
@@ -213,12 +210,10 @@ class ExecutorPool:
     def _give_back_first(self, slot: _Slot) -> None:
         run = slot.runs.popleft()
         if _key(run) in slot.doomed:
-            slot.doomed.discard(_key(run))
+            slot.doomed.remove(_key(run))
         else:
             self.returned.append(run)
-        slot.started = time.monotonic()
-        if slot.runs:
-            slot.deadline = slot.started + slot.runs[0].timeout_s
+        _started(slot, time.monotonic())
 
     def expire(self, now: float) -> list[Outcome]:
         """Stop every run past its deadline; each ends as a timeout."""
@@ -286,6 +281,13 @@ class ExecutorPool:
 
 class ExecutorError(Exception):
     """An executor process cannot start (its pipelines fail to import, for instance)."""
+
+
+def _started(slot: _Slot, at: float) -> None:
+    """The first of the slot's runs (if any) started ``at``: its time limit counts from then."""
+    slot.started = at
+    if slot.runs:
+        slot.deadline = at + slot.runs[0].timeout_s
 
 
 def _key(run: ClaimedRun) -> tuple[int, int]:

@@ -251,18 +251,15 @@ class Worker:
         """Start runs claimed ahead in free executors; when runs are short, also queue one behind
         each running run, so that its executor starts it the moment the first ends."""
         self._take_back()
-        queue = False
-        while self._claimed:
-            if not self.pool.free:
-                if queue or not (self.pool.queueable and self._pace.ahead(time.monotonic())):
-                    return
-                queue = True
-            for _ in range(self.pool.queueable if queue else 1):
-                if not self._claimed:
-                    return
-                run = self._claimed.popleft()
-                self.pool.submit(run, queue=queue)
-                self.log.info("Run started", **_run_fields(run))
+        self._submit(self.pool.free, queue=False)
+        if self._claimed and self.pool.queueable and self._pace.ahead(time.monotonic()):
+            self._submit(self.pool.queueable, queue=True)
+
+    def _submit(self, slots: int, *, queue: bool) -> None:
+        for _ in range(min(slots, len(self._claimed))):
+            run = self._claimed.popleft()
+            self.pool.submit(run, queue=queue)
+            self.log.info("Run started", **_run_fields(run))
 
     def _take_back(self) -> None:
         """Runs an executor returned unstarted (it was killed, crashed or told to stop) go first."""
@@ -478,7 +475,7 @@ class Worker:
         try:
             result = self._run(action, atomic)
         except SQLAlchemyError as exc:
-            self._drop_autocommit()
+            self._drop_connection()
             self._db_failures += 1
             # Capped at the poll interval, so work is noticed within one poll once the database is back.
             delay = min(self.settings.POLL_INTERVAL.total_seconds(), 0.25 * 2**self._db_failures)
@@ -514,24 +511,24 @@ class Worker:
         return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.stats.last_activity)
 
     def _run(self, action: Callable[[Connection], T], atomic: bool) -> T:
-        conn = self._autocommit()
+        conn = self._connection()
         if not atomic:
             return action(conn)
         conn.exec_driver_sql("BEGIN")
         try:
             result = action(conn)
         except BaseException:
-            self._drop_autocommit()  # closing the connection rolls back what it began
+            self._drop_connection()  # closing the connection rolls back what it began
             raise
         conn.exec_driver_sql("COMMIT")
         return result
 
-    def _autocommit(self) -> Connection:
+    def _connection(self) -> Connection:
         if self._conn is None:
             self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._conn
 
-    def _drop_autocommit(self) -> None:
+    def _drop_connection(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.invalidate()
