@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app import queries, registry
 from app.durations import parse_duration
 from app.queries import NewRun
+
+if TYPE_CHECKING:
+    from app.database import KeptConnection
 
 MAX_PARAMS_BYTES = 1024 * 1024
 
@@ -29,6 +34,19 @@ def default_engine() -> Engine:
     from app.settings import load_settings
 
     return make_engine(resolve(load_settings()).url)
+
+
+_local = threading.local()
+
+
+def _kept() -> KeptConnection:
+    """This thread's kept connection to the default engine: no check-out or ping per enqueue."""
+    kept: KeptConnection | None = getattr(_local, "kept", None)
+    if kept is None:
+        from app.database import KeptConnection
+
+        kept = _local.kept = KeptConnection(default_engine())
+    return kept
 
 
 def enqueue(
@@ -56,8 +74,15 @@ def enqueue(
         return queries.insert_run(conn, run)
     # One statement, committed on its own: no BEGIN and COMMIT round trips. insert_run's key
     # check needs no transaction (each statement sees what is committed when it starts).
-    with default_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        return queries.insert_run(conn, run)
+    kept = _kept()
+    conn = kept.get()
+    try:
+        run_id = queries.insert_run(conn, run)
+    except SQLAlchemyError:
+        kept.drop()
+        raise
+    conn.commit()  # in autocommit, only ends SQLAlchemy's bookkeeping of the statement
+    return run_id
 
 
 def enqueue_many(

@@ -7,12 +7,15 @@ late, duplicate or zombie actor changes nothing. Lease arithmetic uses the datab
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Row, text
+from sqlalchemy.exc import DBAPIError
 
 from app.states import RunStatus
 
@@ -33,18 +36,35 @@ def to_json(value: Any) -> str:
 
 # --- enqueue -------------------------------------------------------------------------------------
 
-_INSERT_RUN = text("""
+
+@contextmanager
+def _driver(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection under ``conn``, for statements run often enough that SQLAlchemy's
+    execution (about 80 µs of CPU each, measured) would cost a third of an enqueue. The transaction
+    is begun as ``conn.execute`` would begin it, and errors are raised as SQLAlchemy's."""
+    if not conn.in_transaction():
+        conn.begin()
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        yield driver
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+# psycopg placeholders: run on the driver (see _driver).
+_INSERT_RUN = """
     INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key)
-    VALUES (:pipeline, CAST(:params AS jsonb), :priority,
-            COALESCE(CAST(:run_at AS timestamptz), now() + make_interval(secs => :delay)),
-            :max_attempts, make_interval(secs => CAST(:timeout AS double precision)), :key)
+    VALUES (%(pipeline)s, CAST(%(params)s AS jsonb), %(priority)s,
+            COALESCE(CAST(%(run_at)s AS timestamptz), now() + make_interval(secs => %(delay)s)),
+            %(max_attempts)s, make_interval(secs => CAST(%(timeout)s AS double precision)), %(key)s)
     ON CONFLICT (key) WHERE key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
     RETURNING id
-""")
+"""
 
-_LIVE_RUN_BY_KEY = text("""
-    SELECT id FROM runs WHERE key = :key AND status IN ('pending', 'running')
-""")
+_LIVE_RUN_BY_KEY = """
+    SELECT id FROM runs WHERE key = %(key)s AND status IN ('pending', 'running')
+"""
 
 # Many runs go in with COPY, about three times as fast as a multi-row INSERT: their ids are taken
 # from the sequence first (so they can be returned, in order), and run_at is the transaction's
@@ -86,14 +106,15 @@ def insert_run(conn: Connection, run: NewRun) -> int:
         "timeout": run.timeout,
         "key": run.key,
     }
-    while True:
-        new_id = conn.execute(_INSERT_RUN, values).scalar()
-        if new_id is not None:
-            return int(new_id)
-        # The key is held by a live run; it may finish before we read it, then insert again.
-        existing = conn.execute(_LIVE_RUN_BY_KEY, {"key": run.key}).scalar()
-        if existing is not None:
-            return int(existing)
+    with _driver(conn) as driver:
+        while True:
+            inserted = driver.execute(_INSERT_RUN, values).fetchone()
+            if inserted is not None:
+                return int(inserted[0])
+            # The key is held by a live run; it may finish before we read it, then insert again.
+            existing = driver.execute(_LIVE_RUN_BY_KEY, {"key": run.key}).fetchone()
+            if existing is not None:
+                return int(existing[0])
 
 
 def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:

@@ -34,7 +34,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import __version__, arguments, health, logs, queries
 from app.batching import FlushPolicy, Pace
-from app.database import Database, DatabaseError, check_schema, make_engine, migrate, resolve
+from app.database import (
+    Database,
+    DatabaseError,
+    KeptConnection,
+    check_schema,
+    make_engine,
+    migrate,
+    resolve,
+)
 from app.executor import ChildConfig, ExecutorPool, Outcome
 from app.http_server import HttpServer, HttpServerError
 from app.metrics import QueueCollector, Throttle, WorkerMetrics
@@ -123,7 +131,7 @@ class Worker:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._db_failures = 0
-        self._conn: Connection | None = None  # see _db
+        self._conn = KeptConnection(self.engine)  # see _db
         self._db_retry_at = 0.0
         self._next_poll = 0.0
         self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
@@ -475,7 +483,7 @@ class Worker:
         try:
             result = self._run(action, atomic)
         except SQLAlchemyError as exc:
-            self._drop_connection()
+            self._conn.drop()
             self._db_failures += 1
             # Capped at the poll interval, so work is noticed within one poll once the database is back.
             delay = min(self.settings.POLL_INTERVAL.total_seconds(), 0.25 * 2**self._db_failures)
@@ -511,29 +519,17 @@ class Worker:
         return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self.stats.last_activity)
 
     def _run(self, action: Callable[[Connection], T], atomic: bool) -> T:
-        conn = self._connection()
+        conn = self._conn.get()
         if not atomic:
             return action(conn)
         conn.exec_driver_sql("BEGIN")
         try:
             result = action(conn)
         except BaseException:
-            self._drop_connection()  # closing the connection rolls back what it began
+            self._conn.drop()  # closing the connection rolls back what it began
             raise
         conn.exec_driver_sql("COMMIT")
         return result
-
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._conn.invalidate()
-                self._conn.close()
-            self._conn = None
 
     def _sleep(self, seconds: float) -> None:
         wait([self._wake_r], max(0.0, seconds))
@@ -548,8 +544,7 @@ class Worker:
             self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
         self._db(lambda conn: queries.stop_worker(conn, self.options.worker_id))
         self.pool.close()
-        if self._conn is not None:
-            self._conn.close()
+        self._conn.drop()
         self.engine.dispose()
         self.log.info("Worker stopped", **self.stats.report())
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app import EnqueueError, enqueue, enqueue_many
@@ -25,6 +26,23 @@ def test_enqueue_in_the_callers_transaction_rolls_back_with_it(engine: Engine) -
         assert run_id > 0
         trans.rollback()
     assert _count(engine) == 0
+
+
+def test_enqueue_on_a_connection_begins_its_transaction_as_execute_would(engine: Engine) -> None:
+    """A connection with no transaction yet gets one, so the caller's commit() keeps the run."""
+    with engine.connect() as conn:
+        run_id = enqueue("test.noop", {}, connection=conn)
+        assert conn.in_transaction()
+        conn.commit()
+    assert fetch_run(engine, run_id) is not None
+
+
+def test_a_database_error_is_raised_as_sqlalchemys(engine: Engine) -> None:
+    with engine.connect() as conn, conn.begin():
+        with pytest.raises(DBAPIError):
+            conn.execute(text("SELECT 1 / 0"))
+        with pytest.raises(DBAPIError, match="current transaction is aborted"):
+            enqueue("test.noop", {}, connection=conn)
 
 
 def test_enqueue_in_a_session_commits_with_it(engine: Engine) -> None:

@@ -1,0 +1,75 @@
+"""Connections: the kept connection replaces one the server closed before sending anything on it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from app import enqueue
+from app.database import KeptConnection, make_engine
+from tests.support.waiting import wait_until
+
+enqueue_module = importlib.import_module("app.enqueue")  # ``app.enqueue`` is also the function
+
+
+def _backend(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(engine: Engine, pid: int) -> None:
+    """End a backend as a server restart or an idle timeout would, and wait until it is gone."""
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+
+    def gone() -> bool:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            return conn.execute(query, {"pid": pid}).scalar_one() == 0
+
+    wait_until(gone, timeout=10, what=f"backend {pid} to exit")
+
+
+@pytest.fixture
+def own_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_a_kept_connection_is_reused_while_it_is_alive(own_engine: Engine) -> None:
+    kept = KeptConnection(own_engine)
+    first = _backend(kept.get())
+    assert _backend(kept.get()) == first
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_an_error(
+    own_engine: Engine, engine: Engine
+) -> None:
+    kept = KeptConnection(own_engine)
+    old = _backend(kept.get())
+    _terminate(engine, old)
+    new = _backend(kept.get())  # would raise "server closed the connection" on the old one
+    assert new != old
+
+
+def test_enqueue_without_a_connection_survives_the_server_closing_it(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enqueue() keeps a connection per thread; one the server ended is replaced, nothing is lost."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    enqueue_module.default_engine.cache_clear()
+    monkeypatch.setattr(enqueue_module, "_local", type(enqueue_module._local)())
+    try:
+        first = enqueue("test.noop", {"n": 1})
+        _terminate(engine, _backend(enqueue_module._kept().get()))
+        second = enqueue("test.noop", {"n": 2})
+        with engine.connect() as conn:
+            ids = conn.execute(text("SELECT id FROM runs ORDER BY id")).scalars().all()
+        assert ids == [first, second]
+    finally:
+        enqueue_module._kept().drop()
+        enqueue_module.default_engine().dispose()
+        enqueue_module.default_engine.cache_clear()
