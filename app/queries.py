@@ -7,7 +7,7 @@ late, duplicate or zombie actor changes nothing. Lease arithmetic uses the datab
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -141,23 +141,23 @@ def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
 # on its next poll without being told; the unpaused pipelines are worked out once per claim (an
 # InitPlan), not once per candidate row. Defaults of the pipeline are written into the row at
 # claim time, so SQL readers (and the rescuer, which has no registry) see the effective values.
-_CLAIM = text("""
+_CLAIM = """
     WITH next AS (
         SELECT id FROM runs
         WHERE status = 'pending' AND run_at <= now()
           AND pipeline = ANY(ARRAY(
-              SELECT name FROM unnest(CAST(:pipelines AS text[])) AS name
+              SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
               WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)))
         ORDER BY priority DESC, run_at, id
-        LIMIT :limit
+        LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
     , claimed AS (
         UPDATE runs r
-        SET status = 'running', attempt = r.attempt + 1, worker_id = :worker_id,
-            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = :version,
-            max_attempts = COALESCE(r.max_attempts, CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
-            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(:defaults AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
+        SET status = 'running', attempt = r.attempt + 1, worker_id = %(worker_id)s,
+            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = %(version)s,
+            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
+            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
         FROM next
         WHERE r.id = next.id
         RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
@@ -167,7 +167,7 @@ _CLAIM = text("""
            GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
     FROM claimed
     ORDER BY priority DESC, run_at, id
-""")
+"""
 
 # The claim must read runs_claim_idx in claim order and stop at the batch size. Right after a
 # burst of enqueues the table's statistics are stale (autovacuum analyzes it within a minute), and
@@ -175,7 +175,7 @@ _CLAIM = text("""
 # a claim with 10,000 pending against 0.1 ms for the ordered index scan. Sorting is disabled for
 # the rest of the claiming transaction (the only plan without a sort is the ordered index scan);
 # callers claim last, and a sort after it would still run, only planned as a last resort.
-_NO_SORT = text("SET LOCAL enable_sort = off")
+_NO_SORT = "SET LOCAL enable_sort = off"
 
 
 @dataclass(frozen=True)
@@ -200,44 +200,74 @@ def claim(
     version: str,
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runnable runs of the pipelines in ``defaults`` (last in its transaction)."""
-    conn.execute(_NO_SORT)
-    rows = conn.execute(
-        _CLAIM,
-        {
-            "pipelines": list(defaults),
-            "limit": limit,
-            "worker_id": worker_id,
-            "defaults": json.dumps(defaults),
-            "version": version,
-        },
-    ).mappings()
-    return [ClaimedRun(**row) for row in rows]
+    with _driver(conn) as driver:
+        return _claimed(_send_claim(driver, worker_id, limit, defaults, version))
+
+
+def _send_claim(
+    driver: psycopg.Connection[Any],
+    worker_id: str,
+    limit: int,
+    defaults: dict[str, tuple[int, float]],
+    version: str,
+) -> psycopg.Cursor[Any]:
+    driver.execute(_NO_SORT)
+    params = {
+        "pipelines": list(defaults),
+        "limit": limit,
+        "worker_id": worker_id,
+        "defaults": json.dumps(defaults),
+        "version": version,
+    }
+    return driver.execute(_CLAIM, params)
+
+
+# Runs a worker owns but does not hold: a turn whose claim committed while its reply was lost
+# (the connection cut right after COMMIT). Same columns as the claim, in claim order.
+_UNHELD = """
+    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
+           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
+           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+    FROM runs
+    WHERE status = 'running' AND worker_id = %(worker_id)s AND NOT (id = ANY(%(held)s))
+    ORDER BY priority DESC, run_at, id
+"""
+
+
+def unheld_runs(conn: Connection, worker_id: str, held: Collection[int]) -> list[ClaimedRun]:
+    """Running runs of ``worker_id`` other than ``held``: claimed, but the worker never learnt it."""
+    with _driver(conn) as driver:
+        return _claimed(driver.execute(_UNHELD, {"worker_id": worker_id, "held": list(held)}))
+
+
+def _claimed(cursor: psycopg.Cursor[Any]) -> list[ClaimedRun]:
+    return [ClaimedRun(*row) for row in cursor.fetchall()]
 
 
 # --- outcomes (all fenced on run id + status running + worker + attempt) --------------------------
 
-_SUCCEED_MANY = text("""
+_SUCCEED_MANY = """
     UPDATE runs r
     SET status = 'succeeded', result = v.result, finished_at = now(), error = NULL
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:results AS jsonb[]))
+    FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(attempts)s AS int[]), CAST(%(results)s AS jsonb[]))
          AS v(id, attempt, result)
-    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = :worker_id
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = %(worker_id)s
     RETURNING r.id
-""")
+"""
 
-_FAIL = text("""
+_FAIL = """
     UPDATE runs
-    SET status = :status,
-        run_at = CASE WHEN :status = 'pending' THEN now() + make_interval(secs => :delay) ELSE run_at END,
-        finished_at = CASE WHEN :status = 'pending' THEN NULL ELSE now() END,
-        attempt = attempt - :refund,
-        error = :error,
-        errors = CASE WHEN CAST(:entry AS jsonb) IS NULL THEN errors
-                      ELSE errors || jsonb_build_array(CAST(:entry AS jsonb)
+    SET status = %(status)s,
+        run_at = CASE WHEN %(status)s = 'pending' THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
+        finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE now() END,
+        attempt = attempt - %(refund)s,
+        error = %(error)s,
+        errors = CASE WHEN CAST(%(entry)s AS jsonb) IS NULL THEN errors
+                      ELSE errors || jsonb_build_array(CAST(%(entry)s AS jsonb)
                                      || jsonb_build_object('at', now())) END
-    WHERE id = :id AND attempt = :attempt AND status = 'running' AND worker_id = :worker_id
+    WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
     RETURNING id
-""")
+"""
 
 
 @dataclass(frozen=True)
@@ -251,16 +281,24 @@ def succeed_many(conn: Connection, worker_id: str, outcomes: Sequence[Success]) 
     """Mark runs succeeded; returns the ids this worker still owned (the others were not ours)."""
     if not outcomes:
         return set()
-    rows = conn.execute(
-        _SUCCEED_MANY,
-        {
-            "ids": [o.id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "results": [o.result_json for o in outcomes],
-            "worker_id": worker_id,
-        },
-    )
-    return {int(i) for i in rows.scalars()}
+    with _driver(conn) as driver:
+        return _ids(_send_successes(driver, worker_id, outcomes))
+
+
+def _send_successes(
+    driver: psycopg.Connection[Any], worker_id: str, outcomes: Sequence[Success]
+) -> psycopg.Cursor[Any]:
+    params = {
+        "ids": [o.id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "results": [o.result_json for o in outcomes],
+        "worker_id": worker_id,
+    }
+    return driver.execute(_SUCCEED_MANY, params)
+
+
+def _ids(cursor: psycopg.Cursor[Any]) -> set[int]:
+    return {int(row[0]) for row in cursor.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -278,20 +316,54 @@ class Transition:
 
 def apply_transition(conn: Connection, worker_id: str, t: Transition) -> bool:
     """Apply one fenced transition; False when the run was no longer ours."""
-    row = conn.execute(
-        _FAIL,
-        {
-            "id": t.id,
-            "attempt": t.attempt,
-            "status": str(t.status),
-            "delay": t.delay,
-            "refund": int(t.refund),
-            "error": t.error,
-            "entry": None if t.entry is None else to_json(t.entry),
-            "worker_id": worker_id,
-        },
-    ).first()
-    return row is not None
+    with _driver(conn) as driver:
+        return bool(_ids(_send_transition(driver, worker_id, t)))
+
+
+def _send_transition(driver: psycopg.Connection[Any], worker_id: str, t: Transition) -> psycopg.Cursor[Any]:
+    params = {
+        "id": t.id,
+        "attempt": t.attempt,
+        "status": str(t.status),
+        "delay": t.delay,
+        "refund": int(t.refund),
+        "error": t.error,
+        "entry": None if t.entry is None else to_json(t.entry),
+        "worker_id": worker_id,
+    }
+    return driver.execute(_FAIL, params)
+
+
+def exchange(
+    conn: Connection,
+    *,
+    worker_id: str,
+    successes: Sequence[Success],
+    transitions: Sequence[Transition],
+    limit: int = 0,
+    defaults: dict[str, tuple[int, float]] | None = None,
+    version: str = "",
+) -> tuple[set[int], list[ClaimedRun]]:
+    """A worker's whole turn in one transaction and one round trip: write its outcomes, then
+    claim up to ``limit`` runs. Returns the ids whose outcome was written (the rest were no longer
+    ours) and the runs claimed.
+
+    The statements go out together in psycopg's pipeline mode: on a 2-core machine each round
+    trip costs a wake-up of both processes, several times the statements themselves. On a
+    connection in autocommit and outside a transaction (the worker's kept one) the turn is its own
+    transaction; otherwise it is part of the caller's.
+    """
+    with _driver(conn) as driver, driver.pipeline():
+        own = driver.autocommit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if own:
+            driver.execute("BEGIN")
+        written = [_send_successes(driver, worker_id, successes)] if successes else []
+        written += [_send_transition(driver, worker_id, t) for t in transitions]
+        claiming = _send_claim(driver, worker_id, limit, defaults or {}, version) if limit else None
+        if own:
+            driver.execute("COMMIT")
+    owned = set().union(*(_ids(cursor) for cursor in written))
+    return owned, [] if claiming is None else _claimed(claiming)
 
 
 # --- heartbeats and the worker registry ------------------------------------------------------
@@ -704,10 +776,8 @@ def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int
         "defaults": json.dumps(defaults),
         "version": "explain",
     }
-    with conn.begin_nested() as savepoint:
-        conn.execute(_NO_SORT)
-        plan = [
-            str(row[0]) for row in conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM.text}"), params)
-        ]
+    with conn.begin_nested() as savepoint, _driver(conn) as driver:
+        driver.execute(_NO_SORT)
+        plan = [str(row[0]) for row in driver.execute(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM}", params)]
         savepoint.rollback()
     return plan

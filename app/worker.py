@@ -133,6 +133,7 @@ class Worker:
         self._db_failures = 0
         self._conn = KeptConnection(self.engine)  # see _db
         self._db_retry_at = 0.0
+        self._claim_in_doubt = False  # a turn that claimed failed: it may have committed anyway
         self._next_poll = 0.0
         self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
         self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
@@ -287,10 +288,13 @@ class Worker:
         else:
             self._next_poll = now + self.settings.POLL_INTERVAL.total_seconds()
         self.log.debug("Worker polling...")
+        if self._claim_in_doubt and not self._take_up_unheld():
+            return None
         # Outcomes waiting to be written go in the same transaction: one commit for both.
         successes, transitions = self._successes, self._transitions
-        done = self._db(lambda conn: (self._write(conn, successes, transitions), self._claim(conn, limit)))
+        done = self._db(lambda conn: self._exchange(conn, successes, transitions, limit), atomic=False)
         if done is None:
+            self._claim_in_doubt = True
             return None
         owned, claimed = done
         self._written(successes, transitions, owned)
@@ -302,10 +306,30 @@ class Worker:
             self._next_poll = now  # found work: poll again as soon as a slot is free
         return len(claimed)
 
-    def _claim(self, conn: Connection, limit: int) -> list[ClaimedRun]:
-        return queries.claim(
+    def _take_up_unheld(self) -> bool:
+        """After a failed turn: the connection may have been cut after its COMMIT, so runs it
+        claimed are this worker's without it knowing. They are taken up, as if just claimed,
+        instead of waiting for the rescuer; False while the database is still away."""
+        self._take_back()
+        held = {run.id for run in [*self.pool.busy, *self._claimed]} | set(self._unwritten)
+        unheld = self._db(lambda conn: queries.unheld_runs(conn, self.options.worker_id, held), atomic=False)
+        if unheld is None:
+            return False
+        self._claim_in_doubt = False
+        for run in unheld:
+            self.log.warning("Run claimed as the connection was lost, taken up", **_run_fields(run))
+            self.metrics.run_claimed(run)
+        self._claimed.extend(unheld)
+        return True
+
+    def _exchange(
+        self, conn: Connection, successes: list[Success], transitions: list[Transition], limit: int = 0
+    ) -> tuple[set[int], list[ClaimedRun]]:
+        return queries.exchange(
             conn,
             worker_id=self.options.worker_id,
+            successes=successes,
+            transitions=transitions,
             limit=limit,
             defaults=self.defaults,
             version=self.version,
@@ -403,10 +427,9 @@ class Worker:
         if not (self._successes or self._transitions) or time.monotonic() < self._db_retry_at:
             return
         successes, transitions = self._successes, self._transitions
-        # Successes alone are one statement; with transitions, all or nothing in one transaction.
-        owned = self._db(lambda conn: self._write(conn, successes, transitions), atomic=bool(transitions))
-        if owned is not None:
-            self._written(successes, transitions, owned)
+        done = self._db(lambda conn: self._exchange(conn, successes, transitions), atomic=False)
+        if done is not None:
+            self._written(successes, transitions, done[0])
 
     def _written(self, successes: list[Success], transitions: list[Transition], owned: set[int]) -> None:
         """Forget outcomes now in the database; warn about those that were no longer ours."""
@@ -421,13 +444,6 @@ class Worker:
         self._transitions = self._transitions[len(transitions) :]
         if not (self._successes or self._transitions):
             self._flush_policy.written()
-
-    def _write(self, conn: Connection, successes: list[Success], transitions: list[Transition]) -> set[int]:
-        owned = queries.succeed_many(conn, self.options.worker_id, successes)
-        for t in transitions:
-            if queries.apply_transition(conn, self.options.worker_id, t):
-                owned.add(t.id)
-        return owned
 
     def _release_claimed(self) -> None:
         """Give back the runs claimed ahead: pending again at once, their attempt not counted."""
@@ -477,7 +493,8 @@ class Worker:
         Everything runs on one connection the worker keeps, in autocommit: a transaction is an
         explicit BEGIN ... COMMIT on it, which saves the pool check-out and liveness ping of each
         ``engine.begin()``. With ``atomic=False`` each statement of ``action`` commits on its own:
-        the heartbeat and a batch of successes are single statements and need no BEGIN or COMMIT.
+        the heartbeat is a single statement, and queries.exchange sends its own BEGIN and COMMIT
+        with its statements, in one round trip.
         """
         now = time.monotonic()
         try:

@@ -6,11 +6,15 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import enqueue, enqueue_many, queries
+from app.outcomes import release
 from app.settings import Settings
 from app.states import RunStatus
 from app.worker import build
@@ -21,7 +25,7 @@ from tests.support.workers import error_kinds, process_alive, run_burst
 
 def _enqueue(engine: Engine, pipeline: str, params: dict[str, object] | None = None, **kw: object) -> int:
     with engine.begin() as conn:
-        return enqueue(pipeline, params or {}, connection=conn, **kw)  # type: ignore[arg-type]
+        return enqueue(pipeline, params or {}, connection=conn, **kw)
 
 
 def test_burst_worker_runs_a_run_and_stores_its_result(
@@ -218,6 +222,31 @@ def test_completion_is_fenced_on_the_lease(engine: Engine) -> None:
     assert fetch_run(engine, run_id).result == "on time"
 
 
+def test_a_turn_writes_outcomes_then_claims_in_one_transaction(engine: Engine) -> None:
+    """exchange: outcomes of runs still ours are written (a stale one is not), then the claim sees
+    them; a failing statement leaves nothing behind, the claim included."""
+    with engine.begin() as conn:
+        ids = enqueue_many([("test.noop", {}) for _ in range(3)], connection=conn)
+    turn: dict[str, Any] = {"worker_id": "w", "defaults": {"test.noop": (3, 60.0)}, "version": "t"}
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        _, (first, second) = queries.exchange(conn, successes=[], transitions=[], limit=2, **turn)
+        done = [queries.Success(first.id, first.attempt, '"ok"'), queries.Success(ids[2], 1, '"stale"')]
+        owned, claimed = queries.exchange(
+            conn, successes=done, transitions=[release(second)], limit=5, **turn
+        )
+        assert owned == {first.id, second.id}
+        assert sorted((run.id, run.attempt) for run in claimed) == [(second.id, 1), (ids[2], 1)]
+        driver = conn.connection.driver_connection
+        assert driver is not None and driver.info.transaction_status == TransactionStatus.IDLE  # committed
+        waiting = _enqueue(engine, "test.noop")
+        bad = [queries.Success(second.id, 1, "not json")]
+        with pytest.raises(DBAPIError):
+            queries.exchange(conn, successes=bad, transitions=[], limit=5, **turn)
+    assert fetch_run(engine, first.id).result == "ok"
+    assert fetch_run(engine, second.id).status == fetch_run(engine, ids[2]).status == RunStatus.RUNNING
+    assert fetch_run(engine, waiting).status == RunStatus.PENDING  # the claim went with the failure
+
+
 def test_a_claim_takes_no_more_than_its_limit(engine: Engine) -> None:
     """The CTE-fenced claim returns at most `limit` runs and marks only those running."""
     with engine.begin() as conn:
@@ -259,6 +288,29 @@ def test_enqueue_many_copies_runs_with_their_delays(engine: Engine) -> None:
     assert [round(float(row.delay)) for row in rows] == [0, 60, 0, 60]
 
 
+def test_runs_claimed_by_a_turn_whose_reply_was_lost_are_taken_up(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is cut right after the claim commits: the worker sees an error, yet owns the
+    runs. It takes them up on its next turn instead of leaving them to the rescuer."""
+    ids = [_enqueue(engine, "test.noop") for _ in range(3)]
+    real, cuts = queries.exchange, []
+
+    def cut_after_commit(conn: Any, **turn: Any) -> Any:
+        result = real(conn, **turn)
+        if result[1] and not cuts:
+            cuts.append(result[1])
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    monkeypatch.setattr(queries, "exchange", cut_after_commit)
+    assert run_burst(make_settings()) == 0
+    assert cuts, "no claim was cut"
+    assert [(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids] == [
+        (RunStatus.SUCCEEDED, 1)
+    ] * 3
+
+
 def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
@@ -266,7 +318,7 @@ def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
     ids = [_enqueue(engine, "test.noop") for _ in range(3)]
     worker = build(make_settings())
     with engine.begin() as conn:
-        worker._claimed.extend(worker._claim(conn, limit=3))
+        worker._claimed.extend(worker._exchange(conn, [], [], limit=3)[1])
     assert {fetch_run(engine, i).status for i in ids} == {RunStatus.RUNNING}
     worker.request_stop()
     assert worker._step(time.monotonic()) is True
