@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -85,18 +86,26 @@ def test_a_live_key_returns_the_existing_run(engine: Engine) -> None:
     assert _count(engine) == 2
 
 
-def test_enqueue_many_inserts_thousands_in_one_statement(engine: Engine) -> None:
-    """enqueue_many sends one statement for 5000 runs and returns one id per run, in order."""
+def test_enqueue_many_inserts_thousands_in_one_statement(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enqueue_many reserves 5000 ids in one statement and inserts the runs in one COPY; the ids
+    come back one per run, in order."""
     statements: list[str] = []
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+    def counting(real: Any) -> Any:
+        def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(str(query).split()[0])
+            return real(self, query, *args, **kwargs)
+
+        return counted
 
     with engine.begin() as conn:
-        event.listen(conn, "before_cursor_execute", count)
+        for method in ("execute", "copy"):
+            monkeypatch.setattr(psycopg.Cursor, method, counting(getattr(psycopg.Cursor, method)))
         ids = enqueue_many([("test.noop", {"i": i}) for i in range(5000)], connection=conn)
-        event.remove(conn, "before_cursor_execute", count)
-    assert len(statements) == 1, statements
+        monkeypatch.undo()
+    assert statements == ["SELECT", "COPY"]
     assert len(ids) == 5000 == _count(engine)
     assert ids == sorted(ids)
     with engine.connect() as conn:

@@ -288,6 +288,21 @@ def test_enqueue_many_copies_runs_with_their_delays(engine: Engine) -> None:
     assert [round(float(row.delay)) for row in rows] == [0, 60, 0, 60]
 
 
+def test_enqueue_many_writes_a_column_only_when_some_run_sets_it(engine: Engine) -> None:
+    """Columns left at their defaults are left out of the COPY; set on one run, they are written."""
+    runs = [
+        queries.NewRun("test.noop", {}),
+        queries.NewRun("test.noop", {}, priority=3),
+        queries.NewRun("test.noop", {}, max_attempts=5),
+    ]
+    with engine.begin() as conn:
+        ids = queries.insert_runs(conn, runs)
+        plain = queries.insert_runs(conn, [queries.NewRun("test.noop", {})])
+    rows = [fetch_run(engine, i) for i in [*ids, *plain]]
+    assert [(r.priority, r.max_attempts) for r in rows] == [(0, None), (3, None), (0, 5), (0, None)]
+    assert all(r.run_at == r.created_at for r in rows)
+
+
 def test_runs_claimed_by_a_turn_whose_reply_was_lost_are_taken_up(
     engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
