@@ -2,6 +2,8 @@
 
 Each state change is written "set X where the run is still in state Y (and still ours)", so a
 late, duplicate or zombie actor changes nothing. Lease arithmetic uses the database clock only.
+The statements of the hot paths (enqueue, claim, outcomes) are psycopg strings (``%(name)s``) run
+on the driver under the SQLAlchemy connection (see ``_driver``); the others are ``text()``.
 """
 
 from __future__ import annotations
@@ -45,9 +47,6 @@ def to_json(value: Any) -> str:
     return encoded
 
 
-# --- enqueue -------------------------------------------------------------------------------------
-
-
 @contextmanager
 def _driver(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
     """The psycopg connection under ``conn``, for statements run often enough that SQLAlchemy's
@@ -63,7 +62,8 @@ def _driver(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
-# psycopg placeholders: run on the driver (see _driver).
+# --- enqueue -------------------------------------------------------------------------------------
+
 _INSERT_RUN = """
     INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key)
     VALUES (%(pipeline)s, CAST(%(params)s AS jsonb), %(priority)s,
