@@ -108,9 +108,9 @@ class KeptConnection:
 
     A pool check-out with ``pool_pre_ping`` costs a round trip and about 150 µs of CPU before
     every statement; a kept connection costs neither. Instead of the ping, its socket is looked at
-    before each use: an idle connection has nothing to read, so a readable one was closed by the
-    server (a restart, an idle timeout, a terminated backend) and is replaced before anything is
-    sent on it. In a forked child the parent's connection is left alone and a new one opened.
+    before each use: an idle connection has nothing to read, so only a readable one is pinged, and
+    replaced if the server closed it (a restart, an idle timeout, a terminated backend) before
+    the statement is sent. In a forked child the parent's connection is left alone.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -147,7 +147,15 @@ class KeptConnection:
         if not isinstance(driver, psycopg.Connection) or driver.closed or driver.broken:
             return False
         readable, _, _ = select.select([driver.fileno()], [], [], 0)
-        return not readable
+        if not readable:
+            return True
+        # Most likely the server's goodbye (or nothing at all: the connection is closed). Anything
+        # else the server may send unasked (a parameter change, TLS housekeeping) passes a ping.
+        try:
+            driver.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
 
 @cache

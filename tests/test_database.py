@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import select
 from collections.abc import Iterator
 
 import pytest
@@ -53,6 +54,21 @@ def test_a_kept_connection_the_server_closed_is_replaced_without_an_error(
     _terminate(engine, old)
     new = _backend(kept.get())  # would raise "server closed the connection" on the old one
     assert new != old
+
+
+def test_a_kept_connection_with_harmless_input_waiting_is_kept(own_engine: Engine, engine: Engine) -> None:
+    """A readable socket is pinged, not dropped: a notification waiting on it is no goodbye."""
+    kept = KeptConnection(own_engine)
+    conn = kept.get()
+    before = _backend(conn)
+    conn.exec_driver_sql("LISTEN orbit_test_channel")
+    with engine.connect() as other:
+        other.exec_driver_sql("NOTIFY orbit_test_channel")
+        other.commit()
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    wait_until(lambda: select.select([driver.fileno()], [], [], 0)[0], timeout=10, what="the notification")
+    assert _backend(kept.get()) == before
 
 
 def test_enqueue_without_a_connection_survives_the_server_closing_it(
