@@ -130,7 +130,7 @@ def new_run(
         raise EnqueueError(f"max_attempts must be at least 1, not {max_attempts!r}")
     return NewRun(
         pipeline,
-        dict(params),
+        params,  # already encoded, above: later changes to the caller's dict change nothing
         priority,
         _seconds("delay", delay, allow_zero=True),
         run_at,

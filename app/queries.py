@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,7 +96,7 @@ class NewRun(NamedTuple):
     """A validated run, ready to insert (a tuple: enqueue_many builds thousands)."""
 
     pipeline: str
-    params: dict[str, Any]
+    params: Mapping[str, Any]
     priority: int = 0
     delay: float = 0.0
     run_at: datetime | None = None
