@@ -77,12 +77,10 @@ def enqueue(
     kept = _kept()
     conn = kept.get()
     try:
-        run_id = queries.insert_run(conn, run)
+        return queries.insert_run(conn, run)
     except SQLAlchemyError:
         kept.drop()
         raise
-    conn.commit()  # in autocommit, only ends SQLAlchemy's bookkeeping of the statement
-    return run_id
 
 
 def enqueue_many(

@@ -51,11 +51,12 @@ def to_json(value: Any) -> str:
 def _driver(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
     """The psycopg connection under ``conn``, for statements run often enough that SQLAlchemy's
     execution (about 80 µs of CPU each, measured) would cost a third of an enqueue. The transaction
-    is begun as ``conn.execute`` would begin it, and errors are raised as SQLAlchemy's."""
-    if not conn.in_transaction():
-        conn.begin()
+    is begun as ``conn.execute`` would begin it (in autocommit there is none to begin), and errors
+    are raised as SQLAlchemy's."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
+    if not driver.autocommit and not conn.in_transaction():
+        conn.begin()
     try:
         yield driver
     except psycopg.Error as exc:
