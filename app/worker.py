@@ -240,6 +240,8 @@ class Worker:
         if self.stopping:
             if now >= (self._stop_deadline or now):
                 self._release_in_flight()
+            if self._claim_in_doubt and now >= self._db_retry_at:
+                self._take_up_unheld()  # to give them back with the rest
             self._take_back()
             self._release_claimed()
             return not self.pool.busy

@@ -326,6 +326,31 @@ def test_runs_claimed_by_a_turn_whose_reply_was_lost_are_taken_up(
     ] * 3
 
 
+def test_a_stopping_worker_gives_back_runs_claimed_by_a_turn_whose_reply_was_lost(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [_enqueue(engine, "test.noop") for _ in range(2)]
+    real = queries.exchange
+
+    def cut_after_commit(conn: Any, **turn: Any) -> Any:
+        real(conn, **turn)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(queries, "exchange", cut_after_commit)
+    worker = build(make_settings())
+    assert worker._claim_and_submit(time.monotonic(), 2) is None
+    assert {fetch_run(engine, i).status for i in ids} == {RunStatus.RUNNING}
+    worker.request_stop()
+    worker._db_retry_at = 0.0
+    monkeypatch.setattr(queries, "exchange", real)
+    assert worker._step(time.monotonic()) is True
+    worker._after_wait(time.monotonic())
+    assert [(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids] == [
+        (RunStatus.PENDING, 0)
+    ] * 2
+    worker.engine.dispose()
+
+
 def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
