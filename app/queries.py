@@ -169,13 +169,21 @@ def insert_runs(conn: Connection, runs: Sequence[NewRun]) -> list[int]:
 
 # --- claim ---------------------------------------------------------------------------------------
 
+# A ClaimedRun's fields, in order, from a row of runs (or of the claim's RETURNING).
+_CLAIMED_RUN = """
+    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
+           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
+           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+"""
+
 # The CTE fences the planner: the inner LIMIT is applied before the UPDATE, so a claim never
 # takes more rows than asked. The claimed runs come back in claim order (a worker starts runs it
 # claimed ahead in that order). Paused pipelines are skipped here, so every worker obeys a pause
 # on its next poll without being told; the unpaused pipelines are worked out once per claim (an
 # InitPlan), not once per candidate row. Defaults of the pipeline are written into the row at
 # claim time, so SQL readers (and the rescuer, which has no registry) see the effective values.
-_CLAIM = """
+_CLAIM = (
+    """
     WITH next AS (
         SELECT id FROM runs
         WHERE status = 'pending' AND run_at <= now()
@@ -195,13 +203,13 @@ _CLAIM = """
         FROM next
         WHERE r.id = next.id
         RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
-    )
-    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
-           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
-           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+    )"""
+    + _CLAIMED_RUN
+    + """
     FROM claimed
     ORDER BY priority DESC, run_at, id
 """
+)
 
 # The claim must read runs_claim_idx in claim order and stop at the batch size. Right after a
 # burst of enqueues the table's statistics are stale (autovacuum analyzes it within a minute), and
@@ -258,14 +266,14 @@ def _send_claim(
 
 # Runs a worker owns but does not hold: a turn whose claim committed while its reply was lost
 # (the connection cut right after COMMIT). Same columns as the claim, in claim order.
-_UNHELD = """
-    SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
-           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
-           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+_UNHELD = (
+    _CLAIMED_RUN
+    + """
     FROM runs
     WHERE status = 'running' AND worker_id = %(worker_id)s AND NOT (id = ANY(%(held)s))
     ORDER BY priority DESC, run_at, id
 """
+)
 
 
 def unheld_runs(conn: Connection, worker_id: str, held: Collection[int]) -> list[ClaimedRun]:
