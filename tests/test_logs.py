@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,32 @@ def test_report_numbers_from_known_durations() -> None:
         "minDuration": "100ms",
         "maxDuration": "400ms",
     }
+
+
+def test_a_value_json_cannot_hold_still_makes_a_line(configured: Path) -> None:
+    """A cyclic value or a key that is not text: the line is written with reprs, nothing raises."""
+    cyclic: dict[str, Any] = {"name": "loop"}
+    cyclic["self"] = cyclic
+    log = structlog.get_logger("test")
+    log.info("odd values", cyclic=cyclic)
+    log.info("odd keys", **{"n": 1}, mapping={(1, 2): "tuple key"})
+    first, second = _lines(configured / "worker.log")
+    assert (first["event"], first["cyclic"]) == ("odd values", {"name": "loop", "self": "..."})
+    assert (second["event"], second["n"]) == ("odd keys", 1)
+    assert second["mapping"] == "{(1, 2): 'tuple key'}"
+
+
+def test_the_console_gets_the_same_lines_as_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Console and worker.log carry one rendering of each line, libraries' lines included."""
+    console = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", console)
+    logs.configure("info", "json", tmp_path)
+    try:
+        structlog.get_logger("test").warning("from orbit", n=1)
+        logging.getLogger("some.library").warning("from a library")
+    finally:
+        monkeypatch.undo()
+        logs.configure("info", "console")
+    lines = [json.loads(line) for line in console.getvalue().splitlines()]
+    assert lines == _lines(tmp_path / "worker.log")
+    assert [line["event"] for line in lines] == ["from orbit", "from a library"]
