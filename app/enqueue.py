@@ -90,7 +90,7 @@ def enqueue_many(
     connection: Connection | Session | None = None,
 ) -> list[int]:
     """Enqueue many ``(pipeline, params)`` runs in one statement; all or nothing."""
-    batch = [new_run(name, params, priority) for name, params in runs]
+    batch = _new_runs(runs, priority)
     if not batch:
         return []
     if connection is not None:
@@ -111,19 +111,9 @@ def new_run(
     run_at: datetime | None = None,
 ) -> NewRun:
     """Validate one run before anything touches the database."""
-    if not registry.all_pipelines():
-        registry.discover(_extra_modules())
-    try:
-        registry.get(pipeline)
-    except registry.RegistryError as exc:
-        raise EnqueueError(str(exc)) from None
-    if params is None:
-        params = {}
-    if type(params) is not dict and not isinstance(params, Mapping):  # the ABC check is slow
-        raise EnqueueError(f"params must be a JSON object, not {type(params).__name__}")
-    encoded = _check_json(params)
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
-        raise EnqueueError(f"priority must be a whole number, not {priority!r}")
+    _check_pipeline(pipeline)
+    params, encoded = _checked_params(params)
+    _check_priority(priority)
     if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
         raise EnqueueError(f"max_attempts must be at least 1, not {max_attempts!r}")
     return NewRun(
@@ -137,6 +127,44 @@ def new_run(
         key,
         encoded,
     )
+
+
+def _new_runs(runs: Iterable[tuple[str, Mapping[str, Any] | None]], priority: int) -> list[NewRun]:
+    """``new_run`` for each run of a batch, checking once what is the same for many runs (the
+    priority, each pipeline): per run, that was a third of ``enqueue_many``'s own time."""
+    _check_priority(priority)
+    known: set[str] = set()
+    batch = []
+    for pipeline, given in runs:
+        if pipeline not in known:
+            _check_pipeline(pipeline)
+            known.add(pipeline)
+        params, encoded = _checked_params(given)
+        batch.append(NewRun(pipeline, params, priority, 0.0, None, None, None, None, encoded))
+    return batch
+
+
+def _check_pipeline(pipeline: str) -> None:
+    if not registry.all_pipelines():
+        registry.discover(_extra_modules())
+    try:
+        registry.get(pipeline)
+    except registry.RegistryError as exc:
+        raise EnqueueError(str(exc)) from None
+
+
+def _checked_params(params: Mapping[str, Any] | None) -> tuple[Mapping[str, Any], str]:
+    """The params (``{}`` for None) and their JSON text."""
+    if params is None:
+        params = {}
+    if type(params) is not dict and not isinstance(params, Mapping):  # the ABC check is slow
+        raise EnqueueError(f"params must be a JSON object, not {type(params).__name__}")
+    return params, _check_json(params)
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31 - 1:
+        raise EnqueueError(f"priority must be a whole number, not {priority!r}")
 
 
 def _check_json(params: Mapping[str, Any]) -> str:

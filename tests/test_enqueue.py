@@ -57,22 +57,40 @@ def test_enqueue_in_a_session_commits_with_it(engine: Engine) -> None:
     assert run.run_at > run.created_at
 
 
-@pytest.mark.parametrize(
-    ("pipeline", "params", "message"),
-    [
-        ("no.such.pipeline", {}, "unknown pipeline"),
-        ("test.noop", [1, 2], "JSON object"),
-        ("test.noop", {"x": float("nan")}, "not valid JSON"),
-        ("test.noop", {"x": "\u0000"}, "NUL"),
-        ("test.noop", {"x": object()}, "not valid JSON"),
-    ],
-)
+BAD_RUNS = [
+    ("no.such.pipeline", {}, "unknown pipeline"),
+    ("test.noop", [1, 2], "JSON object"),
+    ("test.noop", {"x": float("nan")}, "not valid JSON"),
+    ("test.noop", {"x": "\u0000"}, "NUL"),
+    ("test.noop", {"x": object()}, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("pipeline", "params", "message"), BAD_RUNS)
 def test_bad_input_is_rejected_and_nothing_is_inserted(
     engine: Engine, pipeline: str, params: object, message: str
 ) -> None:
     """Unknown pipelines and params that are not a JSON object raise EnqueueError."""
     with pytest.raises(EnqueueError, match=message), engine.begin() as conn:
         enqueue(pipeline, params, connection=conn)  # type: ignore[arg-type]
+    assert _count(engine) == 0
+
+
+@pytest.mark.parametrize(("pipeline", "params", "message"), BAD_RUNS)
+def test_one_bad_run_in_a_batch_rejects_the_batch(
+    engine: Engine, pipeline: str, params: object, message: str
+) -> None:
+    """enqueue_many checks every run, whatever comes before it: one bad run, nothing inserted."""
+    good = [("test.noop", {"i": i}) for i in range(3)] + [("test.fail_now", None)]
+    with pytest.raises(EnqueueError, match=message), engine.begin() as conn:
+        enqueue_many([*good, (pipeline, params), *good], connection=conn)  # type: ignore[list-item]
+    assert _count(engine) == 0
+
+
+@pytest.mark.parametrize("priority", [1.5, True, 2**31, "high"])
+def test_enqueue_many_rejects_a_bad_priority(engine: Engine, priority: object) -> None:
+    with pytest.raises(EnqueueError, match="priority must be a whole number"), engine.begin() as conn:
+        enqueue_many([("test.noop", {})], priority=priority, connection=conn)  # type: ignore[arg-type]
     assert _count(engine) == 0
 
 
