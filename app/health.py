@@ -113,6 +113,17 @@ def rules(snapshot: Any, settings: Settings) -> list[Problem]:
         problems.append(Problem(Status.WARNING, f"no heartbeat from worker(s): {names}"))
     if snapshot.backlog and not snapshot.live_workers:
         problems.append(Problem(Status.ERROR, f"{snapshot.backlog} runs pending and no live worker"))
+    if snapshot.unserved_pipelines and snapshot.live_workers:
+        # A typo in a pipeline's name, or a deploy that dropped its module: these runs would wait
+        # forever while the fleet looks healthy.
+        names = ", ".join(snapshot.unserved_pipelines)
+        problems.append(
+            Problem(
+                Status.WARNING,
+                f"runs have waited over {format_duration(settings.HEALTH_BACKLOG_FOR)} for "
+                f"pipeline(s) no live worker runs: {names}",
+            )
+        )
     if snapshot.stuck_runs:
         problems.append(
             Problem(Status.WARNING, f"{snapshot.stuck_runs} stuck run(s): see orbit check-interrupted")

@@ -661,7 +661,16 @@ _HEALTH = text(f"""
               AND heartbeat_at < now() - make_interval(secs => :stale)) AS silent_workers,
            (SELECT count(*) FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
               WHERE {_STUCK_WHERE}) AS stuck_runs,
-           (SELECT max(finished_at) FROM runs WHERE finished_at IS NOT NULL) AS last_activity
+           (SELECT max(finished_at) FROM runs WHERE finished_at IS NOT NULL) AS last_activity,
+           (SELECT array_agg(waiting.pipeline ORDER BY waiting.pipeline)
+              FROM (SELECT pipeline FROM runs WHERE status = 'pending'
+                      AND run_at <= now() - make_interval(secs => :backlog_for)
+                    GROUP BY pipeline) AS waiting
+              WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.stopped_at IS NULL
+                                  AND w.heartbeat_at >= now() - make_interval(secs => :stale)
+                                  AND waiting.pipeline = ANY(w.pipelines))
+                AND NOT EXISTS (SELECT 1 FROM pauses p WHERE waiting.pipeline LIKE p.like_pattern)
+           ) AS unserved_pipelines
     FROM finished
 """)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app import health
+from app import health, queries
 from app.database import make_engine
 from app.health import Status
 from app.settings import Settings
@@ -62,6 +62,28 @@ def test_a_backlog_that_has_waited_too_long_warns(
     assert result.status == Status.WARNING
     assert "4 runs have waited over 1m" in result.message
     assert "8 pending in all" in result.message
+
+
+def test_runs_no_live_worker_can_run_warn(engine: Engine, make_settings: Callable[..., Settings]) -> None:
+    """Runs waiting past HEALTH_BACKLOG_FOR for a pipeline that no live worker loads warn, by name;
+    a pipeline only a silent or stopped worker runs counts as unserved, a paused one does not."""
+    worker_row(engine, "w1", pipelines=["etl.load"])
+    worker_row(engine, "silent", heartbeat_ago=3600, pipelines=["etl.extract"])
+    worker_row(engine, "gone", heartbeat_ago=3600, stopped=True, pipelines=["etl.typo"])
+    settings = make_settings(HEALTH_BACKLOG_FOR="1m")
+    pending_run(engine, "etl.load", due_ago=3600)
+    pending_run(engine, "etl.new", due_ago=5)  # not waited long yet: a deploy may be rolling out
+    assert [p.message for p in _check(engine, settings).problems] == ["no heartbeat from worker(s): silent"]
+    for pipeline in ("etl.typo", "etl.extract", "etl.paused", "etl.typo"):
+        pending_run(engine, pipeline, due_ago=120)
+    with engine.begin() as conn:
+        queries.pause(conn, "etl.paused", "etl.paused", "test")
+    result = _check(engine, settings)
+    assert result.status == Status.WARNING
+    assert [p.message for p in result.problems] == [
+        "no heartbeat from worker(s): silent",
+        "runs have waited over 1m for pipeline(s) no live worker runs: etl.extract, etl.typo",
+    ]
 
 
 def test_slow_runs_warn_on_average_duration(engine: Engine, make_settings: Callable[..., Settings]) -> None:

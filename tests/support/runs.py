@@ -5,6 +5,7 @@ Times are given as seconds before the database's ``now()``, so tests never compa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,8 +20,9 @@ _ADD_RUN = text("""
 """)
 
 _ADD_WORKER = text("""
-    INSERT INTO workers (id, hostname, pid, heartbeat_at, stopped_at, concurrency, pipeline_filter, version)
-    VALUES (:id, 'test-host', 1, :heartbeat_at, :stopped_at, 1, '*', 'test')
+    INSERT INTO workers (id, hostname, pid, heartbeat_at, stopped_at, concurrency, pipeline_filter, version,
+                         pipelines)
+    VALUES (:id, 'test-host', 1, :heartbeat_at, :stopped_at, 1, '*', 'test', :pipelines)
 """)
 
 
@@ -84,11 +86,17 @@ def _add(
         return int(conn.execute(_ADD_RUN, values).scalar_one())
 
 
-def worker_row(engine: Engine, worker_id: str, *, heartbeat_ago: float = 0.0, stopped: bool = False) -> None:
-    """A registered worker whose last heartbeat was ``heartbeat_ago`` seconds ago."""
+def worker_row(
+    engine: Engine,
+    worker_id: str,
+    *,
+    heartbeat_ago: float = 0.0,
+    stopped: bool = False,
+    pipelines: Sequence[str] = ("test.noop",),
+) -> None:
+    """A registered worker running ``pipelines``, whose last heartbeat was ``heartbeat_ago`` seconds ago."""
     with engine.begin() as conn:
         now = _now(conn)
         beat = _ago(now, heartbeat_ago)
-        conn.execute(
-            _ADD_WORKER, {"id": worker_id, "heartbeat_at": beat, "stopped_at": beat if stopped else None}
-        )
+        values = {"id": worker_id, "heartbeat_at": beat, "stopped_at": beat if stopped else None}
+        conn.execute(_ADD_WORKER, {**values, "pipelines": list(pipelines)})
