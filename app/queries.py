@@ -322,6 +322,21 @@ class Success:
     result_json: str
 
 
+_SUCCEEDED_BY = text("""
+    SELECT r.id FROM runs r
+    JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt) ON r.id = v.id
+    WHERE r.attempt = v.attempt AND r.status = 'succeeded' AND r.worker_id = :worker_id
+""")
+
+
+def succeeded_by(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:
+    """Which of these successes are in the database already, written by ``worker_id`` at that
+    attempt: only that worker's fenced write can have set them."""
+    ids, attempts = [s.id for s in outcomes], [s.attempt for s in outcomes]
+    rows = conn.execute(_SUCCEEDED_BY, {"ids": ids, "attempts": attempts, "worker_id": worker_id})
+    return set(rows.scalars())
+
+
 def succeed_many(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:
     """Mark runs succeeded; returns the ids this worker still owned (the others were not ours)."""
     if not outcomes:

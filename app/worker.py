@@ -134,6 +134,7 @@ class Worker:
         self._conn = KeptConnection(self.engine)  # see _db
         self._db_retry_at = 0.0
         self._claim_in_doubt = False  # a turn that claimed failed: it may have committed anyway
+        self._outcomes_in_doubt = False  # a turn that wrote outcomes failed: the same
         self._next_poll = 0.0
         self._heartbeat = _Every(s.HEARTBEAT_INTERVAL.total_seconds())
         self._rescue = _Every(s.RECOVERY_INTERVAL.total_seconds())
@@ -297,6 +298,7 @@ class Worker:
         done = self._db(lambda conn: self._exchange(conn, successes, transitions, limit), atomic=False)
         if done is None:
             self._claim_in_doubt = True
+            self._outcomes_in_doubt = bool(successes or transitions)
             return None
         owned, claimed = done
         self._written(successes, transitions, owned)
@@ -430,14 +432,21 @@ class Worker:
             return
         successes, transitions = self._successes, self._transitions
         done = self._db(lambda conn: self._exchange(conn, successes, transitions), atomic=False)
-        if done is not None:
+        if done is None:
+            self._outcomes_in_doubt = True
+        else:
             self._written(successes, transitions, done[0])
 
     def _written(self, successes: list[Success], transitions: list[Transition], owned: set[int]) -> None:
         """Forget outcomes now in the database; warn about those that were no longer ours."""
+        rejected = ({s.id for s in successes} | {t.id for t in transitions}) - owned
+        landed = self._landed_earlier([s for s in successes if s.id in rejected]) if rejected else set()
+        self._outcomes_in_doubt = False
         for run_id in {s.id for s in successes} | {t.id for t in transitions}:
             self._unwritten.pop(run_id, None)
-            if run_id not in owned:
+            if run_id in landed:
+                self.log.info("Outcome was already written, by the turn whose reply was lost", run_id=run_id)
+            elif run_id in rejected:
                 self.log.warning(
                     "Late outcome rejected: the run is no longer owned by this worker",
                     run_id=run_id,
@@ -446,6 +455,14 @@ class Worker:
         self._transitions = self._transitions[len(transitions) :]
         if not (self._successes or self._transitions):
             self._flush_policy.written()
+
+    def _landed_earlier(self, successes: list[Success]) -> set[int]:
+        """After a turn whose reply was lost, its outcomes may be in the database already, and
+        writing them again is refused by the fence: those are not late, only written once."""
+        if not (self._outcomes_in_doubt and successes):
+            return set()
+        worker_id = self.options.worker_id
+        return self._db(lambda conn: queries.succeeded_by(conn, worker_id, successes)) or set()
 
     def _release_claimed(self) -> None:
         """Give back the runs claimed ahead: pending again at once, their attempt not counted."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -324,6 +325,33 @@ def test_runs_claimed_by_a_turn_whose_reply_was_lost_are_taken_up(
     assert [(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids] == [
         (RunStatus.SUCCEEDED, 1)
     ] * 3
+
+
+def test_outcomes_written_by_a_turn_whose_reply_was_lost_are_not_called_late(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is cut right after a turn's outcomes commit: written again, the fence
+    refuses them; the worker says they were already written, and warns of no late outcome."""
+    ids = [_enqueue(engine, "test.noop") for _ in range(3)]
+    real, cut = queries.exchange, set()
+
+    def cut_after_commit(conn: Any, **turn: Any) -> Any:
+        result = real(conn, **turn)
+        if turn["successes"] and not cut:
+            cut.update(s.id for s in turn["successes"])
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    monkeypatch.setattr(queries, "exchange", cut_after_commit)
+    with structlog.testing.capture_logs() as events:
+        assert run_burst(make_settings()) == 0
+    assert cut, "no outcome was cut"
+    assert {(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids} == {
+        (RunStatus.SUCCEEDED, 1)
+    }
+    already = {e["run_id"] for e in events if e["event"].startswith("Outcome was already written")}
+    assert already == cut
+    assert not [e for e in events if e["event"].startswith("Late outcome rejected")]
 
 
 def test_a_stopping_worker_gives_back_runs_claimed_by_a_turn_whose_reply_was_lost(
