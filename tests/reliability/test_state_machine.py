@@ -1,9 +1,11 @@
 """Scenario 2: the run state machine against a real database, driven in any order by hypothesis.
 
 Several workers claim, heartbeat, complete and fail runs while time passes (heartbeats expire), the
-rescuer and operators intervene, and workers keep writing with leases they have lost. After every
-step: no attempt was handed out twice, finished runs never change, attempts never go down, and a
-write succeeds exactly when it comes from the run's live lease.
+rescuer and operators intervene, workers give runs back (snooze, shutdown: the attempt is not
+counted), and workers keep writing with leases they have lost. After every step: no attempt was
+handed out twice (unless given back), finished runs never change, attempts never go down (except
+by one, given back by the live lease), and a write succeeds exactly when it comes from the run's
+live lease.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
             with engine.begin() as conn:
                 conn.execute(text("TRUNCATE runs, run_steps, workers RESTART IDENTITY CASCADE"))
             self.leases: list[Lease] = []
+            self.handed: set[tuple[int, int]] = set()  # (run id, attempt) handed out and counted
             self.finished: dict[int, tuple[Any, ...]] = {}
             self.attempts: dict[int, int] = {}
 
@@ -61,7 +64,8 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
                 claimed = queries.claim(conn, worker_id=worker, limit=limit, defaults=DEFAULTS, version="t")
             for run in claimed:
                 lease = (run.id, run.attempt, worker)
-                assert all(old[:2] != lease[:2] for old in self.leases), f"attempt handed out twice: {lease}"
+                assert lease[:2] not in self.handed, f"attempt handed out twice: {lease}"
+                self.handed.add(lease[:2])
                 self.leases.append(lease)
 
         @precondition(lambda self: self.leases)
@@ -82,6 +86,19 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
             with engine.begin() as conn:
                 live = _live(conn, lease)
                 assert queries.apply_transition(conn, lease[2], t) == live
+
+        @precondition(lambda self: self.leases)
+        @rule(data=st.data(), delay=st.sampled_from([0.0, 3600.0]))
+        def give_back(self, data: st.DataObject, delay: float) -> None:
+            """Snooze (with a delay) or shutdown (at once): pending again, the attempt refunded."""
+            lease = data.draw(st.sampled_from(self.leases))
+            t = queries.Transition(lease[0], lease[1], RunStatus.PENDING, delay=delay, refund=True)
+            with engine.begin() as conn:
+                live = _live(conn, lease)
+                assert queries.apply_transition(conn, lease[2], t) == live
+            if live:
+                self.handed.discard(lease[:2])
+                self.attempts[lease[0]] = lease[1] - 1
 
         @rule(worker=WORKERS)
         def heartbeat(self, worker: str) -> None:
