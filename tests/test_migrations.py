@@ -88,14 +88,15 @@ def test_a_plain_sql_insert_gets_sensible_defaults(engine: Engine) -> None:
 
 
 def test_the_claim_uses_the_partial_index(engine: Engine) -> None:
-    """The claim query is served by runs_claim_idx, not a sequential scan."""
+    """A pipeline's pending runs in claim order come from runs_pending_idx, not a sequential scan."""
     with engine.begin() as conn:
         conn.execute(text("SET LOCAL enable_seqscan = off"))
         plan = conn.execute(
-            text("""EXPLAIN SELECT id FROM runs WHERE status = 'pending' AND run_at <= now()
+            text("""EXPLAIN SELECT id FROM runs
+                    WHERE status = 'pending' AND run_at <= now() AND pipeline = 'test.noop'
                     ORDER BY priority DESC, run_at, id LIMIT 10 FOR UPDATE SKIP LOCKED""")
         ).scalars()
-        assert "runs_claim_idx" in "\n".join(plan)
+        assert "runs_pending_idx" in "\n".join(plan)
 
 
 def test_plain_alembic_upgrade_head_works_too(blank: str, worker_env: dict[str, str]) -> None:

@@ -140,7 +140,7 @@ def release_db(server: str) -> Iterator[str]:
 
 
 def test_schema_deploy_then_roll_back(release_db: str, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 drops what 0003 added."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes what 0004 changed."""
     env = {**worker_env, "DATABASE_URL": release_db}
     migrate(release_db)
     drain, upgrade, unpause = _section("Deploy")
@@ -156,7 +156,9 @@ def test_schema_deploy_then_roll_back(release_db: str, worker_env: dict[str, str
         _ok(drain_again, env)
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
-        assert {"runs", "run_steps", "workers"} <= tables
-        assert not {"pauses", "schedules"} & tables
+        assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
+        indexes = {index["name"] for index in inspect(engine).get_indexes("runs")}
+        assert "runs_claim_idx" in indexes
+        assert "runs_pending_idx" not in indexes
     finally:
         engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -272,8 +273,43 @@ def test_the_claim_reads_the_index_in_order_on_stale_statistics(engine: Engine) 
         enqueue_many([("test.noop", {}) for _ in range(5000)], connection=conn)
     with engine.begin() as conn:
         plan = "\n".join(queries.explain_claim(conn, limit=10, defaults={"test.noop": (3, 60.0)}))
-    assert "Index Scan using runs_claim_idx" in plan
+    assert "Index Scan using runs_pending_idx" in plan
     assert "Bitmap" not in plan
+
+
+def test_a_claim_reads_nothing_of_other_pipelines(engine: Engine) -> None:
+    """5,000 older runs of a paused pipeline and of one this worker does not run: the claim takes
+    the worker's runs in claim order, across its pipelines, and reads none of the others."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("""INSERT INTO runs (pipeline, run_at)
+                             SELECT p, now() - interval '1 hour' FROM generate_series(1, 2500),
+                                    unnest(ARRAY['test.paused', 'other.fleet']) AS p""")
+        )
+        queries.pause(conn, "test.paused", "test.paused", "test")
+    mine = [
+        _enqueue(engine, "test.noop"),
+        _enqueue(engine, "test.echo", priority=1),
+        _enqueue(engine, "test.noop"),
+    ]
+    defaults = {name: (3, 60.0) for name in ("test.noop", "test.echo", "test.paused", "test.sleep")}
+    with engine.begin() as conn:
+        plan = "\n".join(queries.explain_claim(conn, limit=10, defaults=defaults))
+        claimed = queries.claim(conn, worker_id="w", limit=2, defaults=defaults, version="t")
+    assert [run.id for run in claimed] == [mine[1], mine[0]]
+    assert _runs_read_past(plan) == 0, plan  # one index in claim order for all read past 5,000
+
+
+def _runs_read_past(plan: str) -> int:
+    """Rows that scans of runs read and threw away (EXPLAIN ANALYZE's Rows Removed by Filter)."""
+    removed, scanning_runs = 0, False
+    for line in plan.splitlines():
+        if "->" in line or not line.startswith(" "):
+            scanning_runs = " on runs" in line
+        found = re.search(r"Rows Removed by Filter: (\d+)", line)
+        if found and scanning_runs:
+            removed += int(found.group(1))
+    return removed
 
 
 def test_enqueue_many_copies_runs_with_their_delays(engine: Engine) -> None:
