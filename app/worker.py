@@ -298,7 +298,7 @@ class Worker:
         done = self._db(lambda conn: self._exchange(conn, successes, transitions, limit), atomic=False)
         if done is None:
             self._claim_in_doubt = True
-            self._outcomes_in_doubt = bool(successes or transitions)
+            self._outcomes_in_doubt |= bool(successes or transitions)
             return None
         owned, claimed = done
         self._written(successes, transitions, owned)
