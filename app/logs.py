@@ -27,15 +27,10 @@ _SECRET_KEYS = re.compile(r"password|secret|token|api_key", re.IGNORECASE)
 
 def mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace passwords inside URLs (and values of secret-looking keys) with ``***``."""
-    # Every line of every run passes here: numbers, and strings that cannot hold a URL, are skipped
-    # without a call.
     for key, value in event.items():
         if _secret_key(str(key)) and value:
             event[key] = "***"
-        elif value.__class__ is str:
-            if "://" in value:
-                event[key] = _SECRET_IN_URL.sub(r"\1***@", value)
-        elif value.__class__ not in _SCALARS:
+        elif value.__class__ not in _SCALARS:  # every line of every run passes here: numbers skip
             event[key] = _masked(value)
     return event
 
@@ -51,6 +46,7 @@ def _secret_key(key: str) -> bool:
 def _masked(value: Any, within: tuple[int, ...] = ()) -> Any:
     """``value`` with secrets masked; ``within``: the containers it is inside (a cycle ends as ...)."""
     if isinstance(value, str):
+        # Skip the regex when there cannot be a URL.
         return _SECRET_IN_URL.sub(r"\1***@", value) if "://" in value else value
     if not isinstance(value, dict | list | tuple):
         return value

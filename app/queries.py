@@ -677,6 +677,11 @@ _STUCK_WHERE = f"""
          AND r.started_at + r.timeout + make_interval(secs => :stale) < now()))
 """
 
+# A worker that is alive: not stopped, and heard from within STALE_AFTER.
+_LIVE_WORKER = "stopped_at IS NULL AND heartbeat_at >= now() - make_interval(secs => :stale)"
+# A pending run that has been due for longer than HEALTH_BACKLOG_FOR.
+_WAITED_TOO_LONG = "status = 'pending' AND run_at <= now() - make_interval(secs => :backlog_for)"
+
 _HEALTH = text(f"""
     WITH finished AS (
         SELECT count(*) AS runs,
@@ -686,22 +691,17 @@ _HEALTH = text(f"""
     )
     SELECT finished.runs AS finished, finished.failed, finished.avg_s,
            (SELECT count(*) FROM runs WHERE status = 'pending' AND run_at <= now()) AS backlog,
-           (SELECT count(*) FROM runs WHERE status = 'pending'
-              AND run_at <= now() - make_interval(secs => :backlog_for)) AS backlog_waiting,
-           (SELECT count(*) FROM workers WHERE stopped_at IS NULL
-              AND heartbeat_at >= now() - make_interval(secs => :stale)) AS live_workers,
+           (SELECT count(*) FROM runs WHERE {_WAITED_TOO_LONG}) AS backlog_waiting,
+           (SELECT count(*) FROM workers WHERE {_LIVE_WORKER}) AS live_workers,
            (SELECT array_agg(id ORDER BY id) FROM workers WHERE stopped_at IS NULL
               AND heartbeat_at < now() - make_interval(secs => :stale)) AS silent_workers,
            (SELECT count(*) FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
               WHERE {_STUCK_WHERE}) AS stuck_runs,
            (SELECT max(finished_at) FROM runs WHERE finished_at IS NOT NULL) AS last_activity,
            (SELECT array_agg(waiting.pipeline ORDER BY waiting.pipeline)
-              FROM (SELECT pipeline FROM runs WHERE status = 'pending'
-                      AND run_at <= now() - make_interval(secs => :backlog_for)
-                    GROUP BY pipeline) AS waiting
-              WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.stopped_at IS NULL
-                                  AND w.heartbeat_at >= now() - make_interval(secs => :stale)
-                                  AND waiting.pipeline = ANY(w.pipelines))
+              FROM (SELECT pipeline FROM runs WHERE {_WAITED_TOO_LONG} GROUP BY pipeline) AS waiting
+              WHERE NOT EXISTS (SELECT 1 FROM workers w
+                                WHERE {_LIVE_WORKER} AND waiting.pipeline = ANY(w.pipelines))
                 AND NOT EXISTS (SELECT 1 FROM pauses p WHERE waiting.pipeline LIKE p.like_pattern)
            ) AS unserved_pipelines
     FROM finished

@@ -439,10 +439,11 @@ class Worker:
 
     def _written(self, successes: list[Success], transitions: list[Transition], owned: set[int]) -> None:
         """Forget outcomes now in the database; warn about those that were no longer ours."""
-        rejected = ({s.id for s in successes} | {t.id for t in transitions}) - owned
+        ids = {s.id for s in successes} | {t.id for t in transitions}
+        rejected = ids - owned
         landed = self._landed_earlier([s for s in successes if s.id in rejected]) if rejected else set()
         self._outcomes_in_doubt = False
-        for run_id in {s.id for s in successes} | {t.id for t in transitions}:
+        for run_id in ids:
             self._unwritten.pop(run_id, None)
             if run_id in landed:
                 self.log.info("Outcome was already written, by the turn whose reply was lost", run_id=run_id)

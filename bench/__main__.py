@@ -81,9 +81,12 @@ class Bench:
             conn.execute(text("TRUNCATE runs, run_steps, workers RESTART IDENTITY CASCADE"))
 
     def fill(self, count: int, pipeline: str = "bench.noop") -> None:
-        for start in range(0, count, 5_000):
+        self._enqueue_all(_batches(count, pipeline))
+
+    def _enqueue_all(self, batches: list[list[tuple[str, dict[str, object]]]]) -> None:
+        for batch in batches:
             with self.engine.begin() as conn:
-                enqueue_many([(pipeline, {}) for _ in range(min(5_000, count - start))], connection=conn)
+                enqueue_many(batch, connection=conn)
 
     def span_rate(self, after_id: int = 0) -> float:
         """Runs per second between the first start and the last finish, on the database's clock."""
@@ -153,12 +156,9 @@ class Bench:
         clock starts, as the plain loop's constant rows need no building.
         """
         size, rates = self.size, {}
-        batches: list[list[tuple[str, dict[str, object]]]] = [
-            [("bench.noop", {}) for _ in range(min(5_000, size.jobs - start))]
-            for start in range(0, size.jobs, 5_000)
-        ]
+        batches = _batches(size.jobs, "bench.noop")
         actions: tuple[tuple[str, Callable[[], None], int], ...] = (
-            ("batch", lambda: self._batches(batches), size.jobs),
+            ("batch", lambda: self._enqueue_all(batches), size.jobs),
             ("plain batch", lambda: plain.copy_runs(libpq_url(self.url), size.jobs), size.jobs),
             ("single", lambda: self._single(size.single, own=True), size.single),
             ("single in transaction", lambda: self._single(size.single, own=False), size.single),
@@ -170,11 +170,6 @@ class Bench:
             action()
             rates[name] = count / (time.perf_counter() - started)
         return rates
-
-    def _batches(self, batches: list[list[tuple[str, dict[str, object]]]]) -> None:
-        for batch in batches:
-            with self.engine.begin() as conn:
-                enqueue_many(batch, connection=conn)
 
     def _single(self, count: int, *, own: bool) -> None:
         """``enqueue()`` committing each run itself, or inside the caller's transaction."""
@@ -269,6 +264,11 @@ class Bench:
     def executor_us(self, concurrency: int) -> float:
         runs = EXECUTOR_RUNS if self.size.big_table else 200
         return executor.round_trip_us(self.url, concurrency, runs)
+
+
+def _batches(count: int, pipeline: str) -> list[list[tuple[str, dict[str, object]]]]:
+    """``count`` no-param runs of ``pipeline`` for enqueue_many, in batches of 5,000."""
+    return [[(pipeline, {}) for _ in range(min(5_000, count - start))] for start in range(0, count, 5_000)]
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 120, every: float = 0.001) -> None:
