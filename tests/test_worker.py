@@ -267,16 +267,6 @@ def test_a_claim_returns_its_runs_in_claim_order(engine: Engine) -> None:
     assert [run.id for run in claimed] == [high, *low]
 
 
-def test_the_claim_reads_the_index_in_order_on_stale_statistics(engine: Engine) -> None:
-    """Right after a burst of enqueues (no ANALYZE yet) the claim still stops at its batch size."""
-    with engine.begin() as conn:
-        enqueue_many([("test.noop", {}) for _ in range(5000)], connection=conn)
-    with engine.begin() as conn:
-        plan = "\n".join(queries.explain_claim(conn, limit=10, defaults={"test.noop": (3, 60.0)}))
-    assert "Index Scan using runs_pending_idx" in plan
-    assert "Bitmap" not in plan
-
-
 def test_a_claim_reads_nothing_of_other_pipelines(engine: Engine) -> None:
     """5,000 older runs of a paused pipeline and of one this worker does not run: the claim takes
     the worker's runs in claim order, across its pipelines, and reads none of the others."""
