@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import arguments, health, operations, queries, recovery, worker
-from app.database import Database, DatabaseError, make_engine, mask_url, migrate, resolve
+from app.database import Database, DatabaseError, mask_url, migrate, resolve
 from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
 from app.registry import RegistryError, discover
@@ -158,7 +158,7 @@ def _engine(settings: Settings) -> Engine:
     database = _database(settings)
     if database.embedded:
         migrate(database.direct_url)
-    engine = make_engine(database.url, pool_size=1)
+    engine = database.engine(pool_size=1)
     try:
         with engine.connect():
             pass

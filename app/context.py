@@ -11,6 +11,7 @@ import structlog
 from sqlalchemy import Engine
 
 from app import queries
+from app.database import Database
 from app.errors import LeaseLost, StepError
 from app.queries import ClaimedRun
 
@@ -21,9 +22,9 @@ T = TypeVar("T")
 class ChildRuntime:
     """Per-executor-process state shared by the contexts of the runs it executes."""
 
-    def __init__(self, worker_id: str, database_url: str) -> None:
+    def __init__(self, worker_id: str, database: Database) -> None:
         self.worker_id = worker_id
-        self.database_url = database_url
+        self.database = database
         self.stop_requested = False
         self.draining = False
         self._engine: Engine | None = None
@@ -32,9 +33,7 @@ class ChildRuntime:
     def engine(self) -> Engine:
         # Opened on first use: a pipeline without steps never needs a connection.
         if self._engine is None:
-            from app.database import make_engine
-
-            self._engine = make_engine(self.database_url, pool_size=1)
+            self._engine = self.database.engine(pool_size=1)
         return self._engine
 
     def request_stop(self) -> None:

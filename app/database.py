@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import select
@@ -11,17 +12,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.deadlines import DEADLINES, DeadlineExceeded
 from app.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 ALEMBIC_INI = MIGRATIONS_DIR.parent / "alembic.ini"
+DEFAULT_TIMEOUT = 10.0  # seconds: STATEMENT_TIMEOUT with the default heartbeat
 
 
 class DatabaseError(Exception):
@@ -30,26 +34,69 @@ class DatabaseError(Exception):
 
 @dataclass(frozen=True)
 class Database:
-    """Where the queue lives: the pooled URL, the direct URL (migrations, LISTEN)."""
+    """Where the queue lives, and how to talk to it.
+
+    ``url`` may go through a pooler; ``direct_url`` reaches the server itself (migrations,
+    LISTEN). With ``pgbouncer`` the pooled URL is used only in ways a transaction pooler carries:
+    no server-side prepared statements, no session settings. ``timeout`` is every statement's
+    deadline in seconds.
+    """
 
     url: str
     direct_url: str
     embedded: bool
+    pgbouncer: bool = False
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def masked(self) -> str:
         return mask_url(self.url)
 
+    @property
+    def setting_url(self) -> str:
+        """``url`` as DATABASE_URL would give it (with its PgBouncer hint), for a child process."""
+        url = make_url(self.url)
+        if self.pgbouncer:
+            url = url.update_query_dict({"pgbouncer": "true"})
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def deadline(self) -> float:
+        """When the client gives up on a call the server has not ended: the server's own timeout
+        comes first when the server can still speak; this is for when it cannot."""
+        return client_deadline(self.timeout)
+
+    def engine(self, *, pool_size: int = 2, bounded: bool = True) -> Engine:
+        """An engine on the (possibly pooled) URL, with this database's connection policy; with
+        ``bounded``, each statement is cut at :attr:`deadline` (see app.deadlines)."""
+        return make_engine(
+            self.url, pool_size=pool_size, pgbouncer=self.pgbouncer, timeout=self.timeout, bounded=bounded
+        )
+
+    def connect_direct(self) -> psycopg.Connection[Any]:
+        """A plain psycopg connection in autocommit to the server itself (for LISTEN)."""
+        url = libpq_url(self.direct_url)
+        return psycopg.connect(url, autocommit=True, **connect_args(pgbouncer=False, timeout=self.timeout))
+
 
 def resolve(settings: Settings) -> Database:
     """The configured database; starts the embedded server when ``DATABASE_URL`` is unset."""
+    timeout = settings.statement_timeout.total_seconds()
     if settings.DATABASE_URL:
         direct = settings.DIRECT_URL or settings.DATABASE_URL
-        return Database(sqlalchemy_url(settings.DATABASE_URL), sqlalchemy_url(direct), False)
+        pooled = settings.PGBOUNCER or says_pgbouncer(settings.DATABASE_URL)
+        url, direct_url = sqlalchemy_url(settings.DATABASE_URL), sqlalchemy_url(direct)
+        return Database(url, direct_url, False, pgbouncer=pooled, timeout=timeout)
     from app.embedded import embedded_url
 
     url = sqlalchemy_url(embedded_url(settings.DATA_DIR))
-    return Database(url, url, True)
+    return Database(url, url, True, timeout=timeout)
+
+
+def says_pgbouncer(url: str) -> bool:
+    """True when the URL carries Prisma's ``pgbouncer=true`` hint (also ``1``, ``yes``, ``on``)."""
+    match = re.search(r"[?&]pgbouncer=([^&]*)", url)
+    return match is not None and match.group(1).lower() in ("true", "1", "yes", "on")
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -90,14 +137,98 @@ def scratch_database(server: str, prefix: str = "orbit_test") -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    return create_engine(
-        url,
+def connect_args(*, pgbouncer: bool, timeout: float) -> dict[str, Any]:
+    """libpq and psycopg options of every connection Orbit opens.
+
+    A dead peer or a partition is noticed within about ``timeout``: the kernel gives up on data
+    left unacknowledged for that long (``tcp_user_timeout``), and an idle connection is probed
+    from half of it on (keepalives). Through PgBouncer in transaction mode, psycopg must not
+    prepare statements on the server (it does after five executions of one statement): the next
+    transaction may run on another server connection, which does not have them.
+    """
+    args: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(timeout / 2)),
+        "application_name": "orbit",
+        "keepalives": 1,
+        "keepalives_idle": max(1, round(timeout / 2)),
+        "keepalives_interval": max(1, round(timeout / 6)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": round(timeout * 1000),
+    }
+    if pgbouncer:
+        args["prepare_threshold"] = None
+    return args
+
+
+# The server ends a statement, or a transaction left idle, after the deadline; set per session,
+# not as a startup option, which PgBouncer (even in session mode) refuses.
+_SESSION_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', %(ms)s, false),"
+    " set_config('idle_in_transaction_session_timeout', %(ms)s, false)"
+)
+
+
+def client_deadline(timeout: float) -> float:
+    return timeout + max(1.0, timeout / 2)
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    pgbouncer: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    bounded: bool = False,
+) -> Engine:
+    """An engine with Orbit's connection policy (see :func:`connect_args`).
+
+    ``pgbouncer`` defaults to what the URL says (``?pgbouncer=true``). Without it, each new
+    connection gets the server-side timeouts; through a transaction pooler a session setting
+    would stay on a server connection other clients then use, so there only the client-side
+    deadline and the pooler's own timeouts apply.
+    """
+    pooled = says_pgbouncer(url) if pgbouncer is None else pgbouncer
+    engine = create_engine(
+        sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 5, "application_name": "orbit"},
+        connect_args=connect_args(pgbouncer=pooled, timeout=timeout),
     )
+    if not pooled:
+        ms = str(round(timeout * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _session_timeouts(dbapi_connection: Any, _: Any) -> None:
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            dbapi_connection.execute(_SESSION_TIMEOUTS, {"ms": ms})
+            dbapi_connection.autocommit = autocommit
+
+    if bounded:
+        bound_statements(engine, client_deadline(timeout))
+    return engine
+
+
+def bound_statements(engine: Engine, seconds: float) -> None:
+    """Cut the connection of any statement of ``engine`` still unanswered after ``seconds``."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn: Connection, cursor: Any, *_: Any) -> None:
+        conn.info["orbit_deadline"] = DEADLINES.start(cursor.connection.fileno(), seconds)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _end(conn: Connection, *_: Any) -> None:
+        DEADLINES.end(conn.info.pop("orbit_deadline", None))
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        conn = context.connection
+        token = conn.info.pop("orbit_deadline", None) if conn is not None else None
+        if DEADLINES.end(token):
+            raise DeadlineExceeded(f"the database did not answer within {seconds:g}s") from (
+                context.original_exception
+            )
 
 
 _INHERITED: list[Connection] = []

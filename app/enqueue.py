@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -14,11 +15,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app import queries, registry
+from app.deadlines import DEADLINES
 from app.durations import parse_duration
 from app.queries import NewRun
 
 if TYPE_CHECKING:
-    from app.database import KeptConnection
+    from app.database import Database, KeptConnection
 
 MAX_PARAMS_BYTES = 1024 * 1024
 
@@ -28,12 +30,18 @@ class EnqueueError(ValueError):
 
 
 @cache
-def default_engine() -> Engine:
-    """The engine of the configured database, for callers that pass no connection."""
-    from app.database import make_engine, resolve
+def default_database() -> Database:
+    """The configured database, for callers that pass no connection."""
+    from app.database import resolve
     from app.settings import load_settings
 
-    return make_engine(resolve(load_settings()).url)
+    return resolve(load_settings())
+
+
+@cache
+def default_engine() -> Engine:
+    """An engine of the configured database, for callers that pass no connection."""
+    return default_database().engine(pool_size=5)
 
 
 _local = threading.local()
@@ -77,10 +85,18 @@ def enqueue(
     kept = _kept()
     conn = kept.get()
     try:
-        return queries.insert_run(conn, run)
+        with _bounded(conn):
+            return queries.insert_run(conn, run)
     except SQLAlchemyError:
         kept.drop()
         raise
+
+
+def _bounded(conn: Connection) -> AbstractContextManager[None]:
+    """The deadline of a statement Orbit runs on its own connection (the driver's statements
+    bypass the engine's, see app.database.bound_statements)."""
+    fileno = conn.connection.driver_connection.fileno()  # type: ignore[union-attr]
+    return DEADLINES.bound(fileno, default_database().deadline)
 
 
 def enqueue_many(
@@ -96,7 +112,7 @@ def enqueue_many(
     if connection is not None:
         conn = connection.connection() if isinstance(connection, Session) else connection
         return queries.insert_runs(conn, batch)
-    with default_engine().begin() as conn:
+    with default_engine().begin() as conn, _bounded(conn):
         return queries.insert_runs(conn, batch)
 
 

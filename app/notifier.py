@@ -12,7 +12,7 @@ from collections.abc import Callable
 import psycopg
 import structlog
 
-from app.database import libpq_url
+from app.database import Database
 
 CHANNEL = "orbit_runs"
 log = structlog.get_logger("orbit.notifier")
@@ -21,8 +21,8 @@ log = structlog.get_logger("orbit.notifier")
 class Notifier:
     """A daemon thread holding one LISTEN connection; calls ``wake`` on each notification."""
 
-    def __init__(self, url: str, wake: Callable[[], None]) -> None:
-        self._url = libpq_url(url)
+    def __init__(self, database: Database, wake: Callable[[], None]) -> None:
+        self._database = database
         self._wake = wake
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orbit-notifier", daemon=True)
@@ -37,7 +37,7 @@ class Notifier:
         failures = 0
         while not self._stopped.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                with self._database.connect_direct() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
                     # A notification may have been missed while reconnecting: poll now.

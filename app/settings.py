@@ -39,6 +39,11 @@ class Settings(BaseSettings):
 
     DATABASE_URL: str | None = None
     DIRECT_URL: str | None = None
+    # DATABASE_URL goes through PgBouncer in transaction mode (or another pooler that does not
+    # keep a session per client); ``?pgbouncer=true`` on the URL says the same.
+    PGBOUNCER: bool = False
+    # Every statement's deadline; unset: 2 x HEARTBEAT_INTERVAL, at least 5 seconds.
+    STATEMENT_TIMEOUT: Duration | None = None
     DATA_DIR: Path = Path(".orbit")
 
     POLL_INTERVAL: Duration = timedelta(milliseconds=5000)
@@ -113,8 +118,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _positive_intervals(self) -> Settings:
-        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "SHUTDOWN_GRACE"):
-            if getattr(self, name) <= timedelta(0) and name != "SHUTDOWN_GRACE":
+        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "STATEMENT_TIMEOUT"):
+            if getattr(self, name) is not None and getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name}: must be greater than zero")
         if self.METRICS_PORT and self.METRICS_PORT + self.ORBIT_PROCESS_NUM > 65535:
             raise ValueError("METRICS_PORT + ORBIT_PROCESS_NUM: must be at most 65535")
@@ -126,6 +131,11 @@ class Settings(BaseSettings):
         return (
             f"worker-{self.ORBIT_PROCESS_NUM}" if "ORBIT_PROCESS_NUM" in self.model_fields_set else "worker"
         )
+
+    @property
+    def statement_timeout(self) -> timedelta:
+        """How long any statement may take before the server (or, failing that, the client) ends it."""
+        return self.STATEMENT_TIMEOUT or max(2 * self.HEARTBEAT_INTERVAL, timedelta(seconds=5))
 
     @property
     def stale_after(self) -> timedelta:
