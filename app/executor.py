@@ -11,7 +11,8 @@ docs/performance.md.
 
 Children are started with ``spawn`` (never ``fork``: the worker holds threads and connections),
 sit in their own process group, ignore SIGINT/SIGTERM (the worker decides their fate on shutdown)
-and die with their worker (``PR_SET_PDEATHSIG``).
+and die with their worker (``PR_SET_PDEATHSIG``). Time limits are enforced by a thread of the
+worker (see app.time_limits), so they hold while the worker's loop waits on the database.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from app.database import Database
 from app.errors import FailNow, LeaseLost, Snooze
 from app.outcomes import Failure
 from app.queries import ClaimedRun
 from app.states import ErrorKind
+from app.time_limits import Board, Kill, TimeLimits, kill_group
 
 _MP = multiprocessing.get_context("spawn")
 
@@ -44,7 +47,7 @@ class ChildConfig:
     """What a child needs to run pipelines: no settings object crosses the process boundary."""
 
     worker_id: str
-    database_url: str
+    database: Database
     pipeline_modules: tuple[str, ...]
     log_level: str
 
@@ -63,10 +66,9 @@ class Outcome:
 class _Slot:
     process: Any
     conn: Connection
-    ready: bool = False  # the child has loaded its pipelines; time limits start from here
+    ready: bool = False  # the child has loaded its pipelines
     runs: deque[ClaimedRun] = field(default_factory=deque)  # sent to the child; the first is running
-    started: float = 0.0  # when the first of ``runs`` started
-    deadline: float = 0.0
+    started: float = 0.0  # when the first of ``runs`` started (for its duration)
     doomed: set[tuple[int, int]] = field(default_factory=set)  # (id, attempt) of queued runs to stop
 
     @property
@@ -85,20 +87,30 @@ class ExecutorPool:
     process of the machine). A queued run that cannot start (its child killed or crashed while
     running the first, or told to stop) goes to ``returned``, untouched, for the worker to take
     back.
+
+    ``on_kill`` is called from the time-limit thread when it stopped a run: the owner's loop
+    should wake and call :meth:`expire`.
     """
 
     size: int
     config: ChildConfig
     on_log: Any = None
+    on_kill: Callable[[], None] = lambda: None
     returned: list[ClaimedRun] = field(default_factory=list)
     _slots: list[_Slot] = field(default_factory=list)
 
-    def start(self) -> None:
-        self._slots = [self._spawn() for _ in range(self.size)]
+    def __post_init__(self) -> None:
+        self._board = Board(self.size, _MP)
+        self._lock = threading.Lock()
+        self._limits = TimeLimits(self._board, self._lock, lambda: self.on_kill())
 
-    def _spawn(self) -> _Slot:
+    def start(self) -> None:
+        self._slots = [self._spawn(index) for index in range(self.size)]
+        self._limits.start()
+
+    def _spawn(self, index: int) -> _Slot:
         parent, child = _MP.Pipe()
-        process = _MP.Process(target=child_main, args=(child, self.config), daemon=True)
+        process = _MP.Process(target=child_main, args=(child, self.config, self._board, index), daemon=True)
         process.start()
         child.close()
         return _Slot(process, parent)
@@ -135,16 +147,13 @@ class ExecutorPool:
             raise ExecutorError("no executor can take a run")
         slot.runs.append(run)
         if len(slot.runs) == 1:
-            _started(slot, time.monotonic())
+            slot.started = time.monotonic()
         slot.conn.send(run)
+        self._limits.busy.set()
 
     def connections(self) -> list[Connection]:
         """The pipes worth waiting on: children running a run or still starting."""
         return [slot.conn for slot in self._slots if slot.runs or not slot.ready]
-
-    def next_deadline(self) -> float | None:
-        deadlines = [slot.deadline for slot in self._slots if slot.runs]
-        return min(deadlines, default=None)
 
     def collect(self, ready: list[Any]) -> list[Outcome]:
         """Read what the ready children sent: log lines are forwarded, outcomes returned."""
@@ -173,17 +182,40 @@ class ExecutorPool:
                     if self._stop_doomed(index, slot):
                         return outcomes  # its child is gone; the slot has a new one
         except (EOFError, OSError):
-            slot.process.join(timeout=5)
-            reason = _exit_reason(slot.process)
-            self._slots[index] = self._spawn()
-            if not slot.runs:
-                if slot.ready:
-                    return outcomes
-                raise ExecutorError(f"an executor process failed to start: {reason}") from None
-            crash = Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
-            outcomes.append(self._finish(slot, time.monotonic(), failure=crash))
-            self._give_back(slot)
+            outcomes.extend(self._gone(index, slot))
         return outcomes
+
+    def _gone(self, index: int, slot: _Slot) -> list[Outcome]:
+        """The child of ``slot`` died: reap it, end its run (a timeout when the time-limit thread
+        killed it for that run, else a crash), give its queued run back, start another child."""
+        kill = self._forget(index, slot)
+        slot.process.join(timeout=5)
+        slot.conn.close()
+        reason = _exit_reason(slot.process)
+        self._slots[index] = self._spawn(index)
+        if not slot.runs:
+            if slot.ready or kill is not None:
+                return []
+            raise ExecutorError(f"an executor process failed to start: {reason}") from None
+        run = slot.runs[0]
+        if kill is not None and (kill.run_id, kill.attempt) != _key(run):
+            # The run it was killed for had just ended and this one had started: not its fault.
+            self._give_back(slot)
+            return []
+        failure = _timeout(run) if kill is not None else Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
+        outcome = self._finish(slot, time.monotonic(), failure=failure)
+        self._give_back(slot)
+        return [outcome]
+
+    def _forget(self, index: int, slot: _Slot) -> Kill | None:
+        """Clear the slot's row before its child is reaped, so the time-limit thread never
+        signals that pid again; returns the thread's kill of that child, if it made one."""
+        with self._lock:
+            self._board.ended(index)
+            pid = slot.process.pid
+            kill = next((k for k in self._limits.kills if k.pid == pid), None)
+            self._limits.kills[:] = [k for k in self._limits.kills if k.pid != pid]
+        return kill
 
     def _finish(
         self, slot: _Slot, finished: float, *, result_json: str | None = None, failure: Failure | None = None
@@ -191,7 +223,7 @@ class ExecutorPool:
         """The first run of ``slot`` ended at ``finished``; the next one, if any, started then."""
         run = slot.runs.popleft()
         outcome = Outcome(run, max(0.0, finished - slot.started), result_json, failure)
-        _started(slot, finished)
+        slot.started = finished
         return outcome
 
     def _stop_doomed(self, index: int, slot: _Slot) -> bool:
@@ -213,22 +245,25 @@ class ExecutorPool:
             slot.doomed.remove(_key(run))
         else:
             self.returned.append(run)
-        _started(slot, time.monotonic())
+        slot.started = time.monotonic()
 
-    def expire(self, now: float) -> list[Outcome]:
-        """Stop every run past its deadline; each ends as a timeout."""
+    def expire(self) -> list[Outcome]:
+        """The runs the time-limit thread stopped, each ended as a timeout (with whatever their
+        children sent before they were killed)."""
+        if not self._limits.kills:
+            if not self.running:
+                self._limits.busy.clear()
+            return []
+        with self._lock:
+            pids = {kill.pid for kill in self._limits.kills}
         outcomes = []
-        for index in range(len(self._slots)):
-            if not self._slots[index].runs or now < self._slots[index].deadline:
-                continue
-            # It may have ended just now, and its queued run started: read that first.
-            outcomes.extend(self._read(index, self._slots[index]))
-            slot = self._slots[index]
-            run = slot.run
-            if run is not None and now >= slot.deadline:
-                limit = f"{run.timeout_s:g}s"
-                failure = Failure(ErrorKind.TIMEOUT, "Timeout", f"exceeded its time limit of {limit}")
-                outcomes.append(self._kill(index, slot, failure))
+        for index, slot in enumerate(self._slots):
+            if slot.process.pid in pids:
+                outcomes.extend(self._read(index, slot))
+                if self._slots[index] is slot:  # no end of file yet: a grandchild holds the pipe
+                    outcomes.extend(self._gone(index, slot))
+        with self._lock:  # and kills of children the worker had replaced already
+            self._limits.kills[:] = [kill for kill in self._limits.kills if kill.pid not in pids]
         return outcomes
 
     def stop(self, run_id: int, failure: Failure) -> ClaimedRun | None:
@@ -258,14 +293,18 @@ class ExecutorPool:
                     os.kill(slot.process.pid, signal.SIGUSR1)
 
     def _kill(self, index: int, slot: _Slot, failure: Failure) -> Outcome:
+        kill = self._forget(index, slot)
+        if kill is not None and slot.runs and (kill.run_id, kill.attempt) == _key(slot.runs[0]):
+            failure = _timeout(slot.runs[0])  # the time limit came first
         _kill_group(slot.process)
         outcome = self._finish(slot, time.monotonic(), failure=failure)
         self._give_back(slot)
         slot.conn.close()
-        self._slots[index] = self._spawn()
+        self._slots[index] = self._spawn(index)
         return outcome
 
     def close(self) -> None:
+        self._limits.stop()
         for slot in self._slots:
             if not slot.runs:
                 with contextlib.suppress(OSError):
@@ -283,11 +322,8 @@ class ExecutorError(Exception):
     """An executor process cannot start (its pipelines fail to import, for instance)."""
 
 
-def _started(slot: _Slot, at: float) -> None:
-    """The first of the slot's runs (if any) started ``at``: its time limit counts from then."""
-    slot.started = at
-    if slot.runs:
-        slot.deadline = at + slot.runs[0].timeout_s
+def _timeout(run: ClaimedRun) -> Failure:
+    return Failure(ErrorKind.TIMEOUT, "Timeout", f"exceeded its time limit of {run.timeout_s:g}s")
 
 
 def _key(run: ClaimedRun) -> tuple[int, int]:
@@ -295,11 +331,8 @@ def _key(run: ClaimedRun) -> tuple[int, int]:
 
 
 def _kill_group(process: Any) -> None:
-    """SIGKILL the child's process group (the child and anything it spawned)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
+    """SIGKILL the child's process group (the child and anything it spawned), and reap it."""
+    kill_group(process.pid)
     process.join(timeout=5)
 
 
@@ -319,7 +352,7 @@ def _exit_reason(process: Any) -> str:
 # --- the child side ------------------------------------------------------------------------------
 
 
-def child_main(conn: Connection, config: ChildConfig) -> None:
+def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) -> None:
     """Entry point of an executor process: run what the worker sends until told to stop."""
     os.setpgrp()
     _die_with_parent()
@@ -335,14 +368,16 @@ def child_main(conn: Connection, config: ChildConfig) -> None:
 
     logs.configure_child(config.log_level, lambda event: send(("log", event)))
     pipelines = registry.discover(config.pipeline_modules)
-    runtime = context.ChildRuntime(config.worker_id, config.database_url)
+    runtime = context.ChildRuntime(config.worker_id, config.database)
     signal.signal(signal.SIGUSR1, lambda *_: runtime.request_stop())
     send(("ready",))
     for run in _receive(conn):
         if runtime.draining:  # the worker is stopping: a run queued here goes back untouched
             send(("returned",))
             continue
+        board.started(index, run.id, run.attempt, time.monotonic() + run.timeout_s)
         result_json, failure = _execute(run, pipelines, runtime)
+        board.ended(index)
         send(("done", result_json, failure, time.monotonic()))
 
 

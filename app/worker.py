@@ -39,10 +39,10 @@ from app.database import (
     DatabaseError,
     KeptConnection,
     check_schema,
-    make_engine,
     migrate,
     resolve,
 )
+from app.deadlines import DEADLINES
 from app.executor import ChildConfig, ExecutorPool, Outcome
 from app.http_server import HttpServer, HttpServerError
 from app.metrics import QueueCollector, Throttle, WorkerMetrics
@@ -98,7 +98,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.engine: Engine = make_engine(self.database.url, pool_size=2)
+        self.engine: Engine = self.database.engine(pool_size=2)
         self.backoff = Backoff(s.RETRY_BACKOFF_BASE, s.RETRY_BACKOFF_MAX)
         self.version = __version__ + (f"+{s.ORBIT_CODE_VERSION}" if s.ORBIT_CODE_VERSION else "")
         timeout_default = s.MAX_EXECUTION_TIMEOUT.total_seconds()
@@ -110,11 +110,12 @@ class Worker:
             self.options.concurrency,
             ChildConfig(
                 self.options.worker_id,
-                self.database.url,
+                self.database,
                 tuple(s.pipeline_modules),
                 s.LOG_LEVEL,
             ),
             on_log=logs.relay,
+            on_kill=self._nudge,
         )
         self.scheduler = Scheduler.of(self.pipelines.values())
         self.rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION, s.retention, s.RETENTION_BATCH)
@@ -158,7 +159,7 @@ class Worker:
             self.http.start()
         restore_signals = self._install_signals()
         self.pool.start()
-        notifier = Notifier(self.database.direct_url, self.wake)
+        notifier = Notifier(self.database, self.wake)
         try:
             self._register()
             notifier.start()
@@ -182,6 +183,10 @@ class Worker:
     def wake(self) -> None:
         """Poll at once (a new run was announced)."""
         self._next_poll = 0.0
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """End the loop's wait (from another thread: the listener, the time-limit thread)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"w")
 
@@ -348,9 +353,6 @@ class Worker:
         )
         if self.pool.free and not self.stopping:
             timeout = min(timeout, max(0.0, self._next_poll - now))
-        deadline = self.pool.next_deadline()
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - now))
         if self.stopping and self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
         if self._unwritten and self._db_retry_at > now:
@@ -367,7 +369,7 @@ class Worker:
             self._dispatch()  # keep the executors busy while the loop talks to the database
 
     def _after_wait(self, now: float) -> None:
-        for outcome in self.pool.expire(now):
+        for outcome in self.pool.expire():
             self._record(outcome)
         waiting = len(self._successes) + len(self._transitions)
         idle = self.stopping or not (self.pool.busy or self._claimed)
@@ -557,16 +559,19 @@ class Worker:
 
     def _run(self, action: Callable[[Connection], T], atomic: bool) -> T:
         conn = self._conn.get()
-        if not atomic:
-            return action(conn)
-        conn.exec_driver_sql("BEGIN")
-        try:
-            result = action(conn)
-        except BaseException:
-            self._conn.drop()  # closing the connection rolls back what it began
-            raise
-        conn.exec_driver_sql("COMMIT")
-        return result
+        # The whole action has a deadline: a database that stops answering must not hold the
+        # loop (its outcomes, heartbeats and signals) for longer than that.
+        with DEADLINES.bound(_socket(conn), self.database.deadline):
+            if not atomic:
+                return action(conn)
+            conn.exec_driver_sql("BEGIN")
+            try:
+                result = action(conn)
+            except BaseException:
+                self._conn.drop()  # closing the connection rolls back what it began
+                raise
+            conn.exec_driver_sql("COMMIT")
+            return result
 
     def _sleep(self, seconds: float) -> None:
         wait([self._wake_r], max(0.0, seconds))
@@ -584,6 +589,10 @@ class Worker:
         self._conn.drop()
         self.engine.dispose()
         self.log.info("Worker stopped", **self.stats.report())
+
+
+def _socket(conn: Connection) -> int:
+    return int(conn.connection.driver_connection.fileno())  # type: ignore[union-attr]
 
 
 def _run_fields(run: ClaimedRun) -> dict[str, Any]:
@@ -664,7 +673,7 @@ def connect(settings: Settings) -> Database:
     log.info("Using database", url=database.masked, embedded=database.embedded)
     if database.embedded:
         migrate(database.direct_url)
-    engine = make_engine(database.url, pool_size=1)
+    engine = database.engine(pool_size=1)
     try:
         check_schema(engine)
     except SQLAlchemyError as exc:

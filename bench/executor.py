@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from multiprocessing.connection import wait
 
+from app.database import Database
 from app.executor import ChildConfig, ExecutorPool
 from app.queries import ClaimedRun
 
 
 def round_trip_us(url: str, concurrency: int, runs: int) -> float:
     """Microseconds per no-op run, from submit to outcome, with ``concurrency`` executors busy."""
-    pool = ExecutorPool(concurrency, ChildConfig("bench", url, ("bench.pipelines",), "warning"))
+    pool = ExecutorPool(
+        concurrency, ChildConfig("bench", Database(url, url, False), ("bench.pipelines",), "warning")
+    )
     pool.start()
     try:
         deadline = time.monotonic() + 60

@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
+from app.database import Database
 from app.executor import ChildConfig, ExecutorPool, Outcome
 from app.outcomes import Failure
 from app.queries import ClaimedRun
 from app.states import ErrorKind
 from tests.conftest import TEST_PIPELINES
+from tests.support.waiting import wait_until
+from tests.support.workers import process_alive
 
 _ids = iter(range(1, 1_000_000))
+UNUSED_DATABASE = Database("postgresql+psycopg://unused/x", "postgresql+psycopg://unused/x", False)
 
 
 def _run(pipeline: str, timeout: float = 30.0, **params: Any) -> ClaimedRun:
@@ -27,7 +31,7 @@ def _run(pipeline: str, timeout: float = 30.0, **params: Any) -> ClaimedRun:
 
 @pytest.fixture
 def pool() -> Iterator[ExecutorPool]:
-    pool = ExecutorPool(1, ChildConfig("test", "postgresql+psycopg://unused/x", (TEST_PIPELINES,), "info"))
+    pool = ExecutorPool(1, ChildConfig("test", UNUSED_DATABASE, (TEST_PIPELINES,), "info"))
     pool.start()
     _drive(pool, lambda outcomes: pool.free == 1)
     yield pool
@@ -41,8 +45,27 @@ def _drive(pool: ExecutorPool, done: Callable[[list[Outcome]], bool], timeout: f
     while not done(outcomes):
         assert time.monotonic() < deadline, f"pool did not get there; outcomes so far: {outcomes}"
         outcomes.extend(pool.collect(wait(pool.connections(), 0.02)))
-        outcomes.extend(pool.expire(time.monotonic()))
+        outcomes.extend(pool.expire())
     return outcomes
+
+
+def test_a_run_is_stopped_at_its_limit_while_the_owner_is_busy_elsewhere(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """The worker's loop may be blocked (on a database that stopped answering): the run and what
+    it started are killed at its limit anyway, and the owner learns it was a timeout later."""
+    pidfile = tmp_path / "grandchild"
+    run = _run("test.grandchild", 0.5, pidfile=str(pidfile))
+    started = time.monotonic()
+    pool.submit(run)
+    wait_until(pidfile.exists, what="the run's own child to start")
+    grandchild = int(pidfile.read_text())
+    wait_until(lambda: not process_alive(grandchild), timeout=10, what="the run's process group to be killed")
+    killed_after = time.monotonic() - started
+    (outcome,) = _drive(pool, lambda o: len(o) == 1)
+    assert outcome.run == run and outcome.failure is not None
+    assert outcome.failure.kind == ErrorKind.TIMEOUT
+    assert 0.5 <= killed_after < 5
 
 
 def test_a_queued_run_starts_when_the_first_ends_and_its_limit_counts_from_then(pool: ExecutorPool) -> None:
