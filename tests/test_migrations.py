@@ -11,48 +11,50 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate, scratch_database
+from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate
 from app.states import RunStatus, StepStatus
 from tests.conftest import ROOT
+from tests.support.servers import Scratch, TestServer
 
 TABLES = {"runs", "run_steps", "workers", "pauses", "schedules"}
 
 
 @pytest.fixture
-def blank(server: str) -> Iterator[str]:
-    with scratch_database(server) as url:
-        yield url
+def blank(server: TestServer) -> Iterator[Scratch]:
+    """An empty database: migrated on its direct URL, used by Orbit on its own (maybe pooled) one."""
+    with server.scratch_database() as database:
+        yield database
 
 
-def test_upgrade_creates_the_tables_and_downgrade_removes_them(blank: str) -> None:
+def test_upgrade_creates_the_tables_and_downgrade_removes_them(blank: Scratch) -> None:
     """`upgrade head` creates every table; `downgrade base` removes them."""
-    migrate(blank)
-    engine = make_engine(blank)
+    migrate(blank.direct_url)
+    engine = make_engine(blank.url)
     assert set(inspect(engine).get_table_names()) >= TABLES
     check_schema(engine)
-    downgrade(blank, "base")
+    downgrade(blank.direct_url, "base")
     assert not TABLES & set(inspect(engine).get_table_names())
-    migrate(blank)
+    migrate(blank.direct_url)
     check_schema(engine)
     engine.dispose()
 
 
-def test_downgrade_to_0001_drops_only_the_operations_tables(blank: str) -> None:
+def test_downgrade_to_0001_drops_only_the_operations_tables(blank: Scratch) -> None:
     """Rolling back one release keeps the queue and its runs."""
-    migrate(blank)
-    engine = make_engine(blank)
-    downgrade(blank, "0001")
+    migrate(blank.direct_url)
+    engine = make_engine(blank.url)
+    downgrade(blank.direct_url, "0001")
     tables = set(inspect(engine).get_table_names())
     assert {"runs", "run_steps", "workers"} <= tables
     assert not {"pauses", "schedules"} & tables
-    migrate(blank)
+    migrate(blank.direct_url)
     check_schema(engine)
     engine.dispose()
 
 
-def test_a_schema_behind_the_code_is_refused_with_a_hint(blank: str) -> None:
+def test_a_schema_behind_the_code_is_refused_with_a_hint(blank: Scratch) -> None:
     """check_schema names `orbit migrate` when the database is not migrated."""
-    engine = make_engine(blank)
+    engine = make_engine(blank.url)
     with pytest.raises(DatabaseError, match="orbit migrate"):
         check_schema(engine)
     engine.dispose()
@@ -99,16 +101,16 @@ def test_the_claim_uses_the_partial_index(engine: Engine) -> None:
         assert "runs_pending_idx" in "\n".join(plan)
 
 
-def test_plain_alembic_upgrade_head_works_too(blank: str, worker_env: dict[str, str]) -> None:
+def test_plain_alembic_upgrade_head_works_too(blank: Scratch, worker_env: dict[str, str]) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
-        env={**worker_env, "DATABASE_URL": blank},
+        env={**worker_env, **blank.env()},
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    engine = make_engine(blank)
+    engine = make_engine(blank.url)
     check_schema(engine)
     engine.dispose()

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from app.database import make_engine, migrate, scratch_database
+from app.database import make_engine, migrate
 from app.states import RunStatus
 from tests.conftest import fetch_run
 from tests.support import runbook
 from tests.support.runbook import Command
 from tests.support.runs import finished_run, running_run, worker_row
+from tests.support.servers import Scratch, TestServer
 
 DAY = 86_400.0
 
@@ -133,18 +134,18 @@ def test_after_an_outage(engine: Engine, worker_env: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def release_db(server: str) -> Iterator[str]:
+def release_db(server: TestServer) -> Iterator[Scratch]:
     """A database of its own: the rollback downgrades its schema."""
-    with scratch_database(server) as url:
-        yield url
+    with server.scratch_database() as database:
+        yield database
 
 
-def test_schema_deploy_then_roll_back(release_db: str, worker_env: dict[str, str]) -> None:
+def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
     """drain, migrate, unpause; then drain and alembic downgrade -1 undoes what 0004 changed."""
-    env = {**worker_env, "DATABASE_URL": release_db}
-    migrate(release_db)
+    env = {**worker_env, **release_db.env()}
+    migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
-    engine = make_engine(release_db)
+    engine = make_engine(release_db.url)
     try:
         assert "drained" in _ok(drain, env)
         assert "at the latest schema" in _ok(upgrade, env)

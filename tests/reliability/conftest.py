@@ -5,43 +5,58 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from app.database import make_engine, migrate, scratch_database
-from app.embedded import embedded_url, restart
+from app.database import make_engine, migrate
+from tests.support import servers
+from tests.support.servers import TestServer
 
 
 @dataclass
 class PrivateServer:
-    """An embedded PostgreSQL owned by one test module, with a migrated database on it."""
+    """A server owned by one test module, which it may restart, with a migrated database on it.
+
+    ``url`` is what Orbit is given (through PgBouncer under ``pgbouncer``), ``direct_url`` the
+    same database without a pooler."""
 
     url: str
-    data_dir: Path
+    direct_url: str
+    server: TestServer
 
     def restart(self) -> None:
-        restart(self.data_dir)
+        self.server.restart()
 
     def engine(self) -> Engine:
         return make_engine(self.url)
 
+    def env(self) -> dict[str, str]:
+        """DATABASE_URL, and DIRECT_URL when it differs."""
+        if self.direct_url == self.url:
+            return {"DATABASE_URL": self.url}
+        return {"DATABASE_URL": self.url, "DIRECT_URL": self.direct_url}
+
 
 @pytest.fixture(scope="module")
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
-    """Always embedded, even with ORBIT_TEST_DATABASE_URL set: a shared server cannot be restarted."""
-    data_dir = tmp_path_factory.mktemp("private-pg")
-    with scratch_database(embedded_url(data_dir)) as url:
-        migrate(url)
-        yield PrivateServer(url, data_dir)
+    """A second server of the session's kind (a shared server cannot be restarted); the embedded
+    one when the session's is a given URL or a container."""
+    kind = servers.private_kind(servers.chosen_kind())
+    with (
+        servers.started(kind, tmp_path_factory.mktemp("private-pg")) as private,
+        private.scratch_database() as database,
+    ):
+        migrate(database.direct_url)
+        yield PrivateServer(database.url, database.direct_url, private)
 
 
 @pytest.fixture
 def private_env(private_server: PrivateServer, worker_env: dict[str, str]) -> dict[str, str]:
     """Worker environment pointing at the private server."""
-    return {**worker_env, "DATABASE_URL": private_server.url}
+    env = {k: v for k, v in worker_env.items() if k != "DIRECT_URL"}
+    return {**env, **private_server.env()}
 
 
 # --- figures -------------------------------------------------------------------------------------

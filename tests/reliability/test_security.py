@@ -27,6 +27,18 @@ def _with_canary_password(url: str) -> str:
     return make_url(url).set(password=CANARY_PASSWORD).render_as_string(hide_password=False)
 
 
+def _canary_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """DATABASE_URL (and DIRECT_URL, when the tests use a pooler) with the canary password."""
+    return {
+        k: _with_canary_password(worker_env[k]) for k in ("DATABASE_URL", "DIRECT_URL") if k in worker_env
+    }
+
+
+def _unreachable(env: dict[str, str]) -> dict[str, str]:
+    """The same URLs on port 1, where nothing listens (a TCP port or a Unix socket's name)."""
+    return {k: make_url(v).set(port=1).render_as_string(hide_password=False) for k, v in env.items()}
+
+
 @pytest.fixture
 def roles(engine: Engine) -> Engine:
     with engine.begin() as conn:
@@ -84,14 +96,14 @@ def test_no_password_or_params_in_any_log(
     tmp_path: Path,
 ) -> None:
     """A canary password in DATABASE_URL and a canary value in params never reach a log line."""
-    url = _with_canary_password(worker_env["DATABASE_URL"])
+    urls = _canary_env(worker_env)
     with engine.begin() as conn:
         ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
         bad = enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
-    env = {"DATABASE_URL": url, "LOG_LEVEL": "debug", "LOGS_DIR": str(tmp_path / "logs")}
+    env = {**urls, "LOG_LEVEL": "debug", "LOGS_DIR": str(tmp_path / "logs")}
     assert spawn_worker("--burst", env=env).wait(timeout=60) == 0
     assert (fetch_run(engine, ok).status, fetch_run(engine, bad).status) == ("succeeded", "failed")
-    unreachable = {**env, "DATABASE_URL": url.replace("/orbit_test", ":1/orbit_test", 1)}
+    unreachable = {**env, **_unreachable(urls)}
     spawn_worker(env=unreachable).wait(timeout=60)
     written = [path.read_text() for path in (tmp_path / "logs").iterdir()]
     written += [path.read_text() for path in tmp_path.glob("worker-*.stderr")]
@@ -104,12 +116,12 @@ def test_no_password_or_params_in_any_log(
 def test_no_password_or_params_in_metrics_and_the_endpoint_is_local(
     engine: Engine, worker_env: dict[str, str], spawn_worker: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    url = _with_canary_password(worker_env["DATABASE_URL"])
+    urls = _canary_env(worker_env)
     with engine.begin() as conn:
         ok = enqueue("test.echo", {"token": CANARY_PARAM}, connection=conn)
         enqueue("test.fail", {"token": CANARY_PARAM}, max_attempts=1, connection=conn)
     port = free_port()
-    worker = spawn_worker(env={"DATABASE_URL": url, "METRICS_PORT": str(port)})
+    worker = spawn_worker(env={**urls, "METRICS_PORT": str(port)})
     wait_until(lambda: fetch_run(engine, ok).status == RunStatus.SUCCEEDED, what="the run to finish")
     pages = [get(port, path).body for path in ("/metrics", "/health")]
     assert "orbit_runs_claimed_total" in pages[0]
