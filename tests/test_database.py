@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import make_url
 
 from app import enqueue
 from app.database import KeptConnection, make_engine
@@ -34,8 +35,10 @@ def _terminate(engine: Engine, pid: int) -> None:
 
 
 @pytest.fixture
-def own_engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
+def own_engine(direct_url: str) -> Iterator[Engine]:
+    """A connection of its own to the server: a backend's pid names it, and it may LISTEN (behind a
+    transaction pooler neither holds, and the server closing a backend is the pooler's business)."""
+    engine = make_engine(direct_url)
     yield engine
     engine.dispose()
 
@@ -89,3 +92,26 @@ def test_enqueue_without_a_connection_survives_the_server_closing_it(
         enqueue_module._kept().drop()
         enqueue_module.default_engine().dispose()
         enqueue_module.default_engine.cache_clear()
+
+
+def test_direct_connections_carry_the_server_side_timeouts(direct_url: str) -> None:
+    """The server ends a statement, or a transaction left idle, after the statement timeout."""
+    engine = make_engine(direct_url, timeout=3)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "3s"
+            assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one() == "3s"
+    finally:
+        engine.dispose()
+
+
+def test_a_pooled_connection_changes_no_session_setting(direct_url: str) -> None:
+    """Through a transaction pooler a session setting would outlive the transaction on a server
+    connection other clients get: with ``?pgbouncer=true`` none is made."""
+    url = make_url(direct_url).update_query_dict({"pgbouncer": "true"}).render_as_string(hide_password=False)
+    engine = make_engine(url, timeout=3)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "0"
+    finally:
+        engine.dispose()

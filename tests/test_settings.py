@@ -88,3 +88,40 @@ def test_a_metrics_port_past_65535_is_refused() -> None:
     """METRICS_PORT + ORBIT_PROCESS_NUM must stay a valid port."""
     with pytest.raises(SettingsError, match="METRICS_PORT \\+ ORBIT_PROCESS_NUM"):
         load_settings(METRICS_PORT=65530, ORBIT_PROCESS_NUM=6)
+
+
+def test_the_statement_timeout_follows_the_heartbeat() -> None:
+    """Unset, STATEMENT_TIMEOUT is twice HEARTBEAT_INTERVAL, at least 5 s; 0 is refused."""
+    assert load_settings().statement_timeout == timedelta(seconds=10)
+    assert load_settings(HEARTBEAT_INTERVAL="200ms").statement_timeout == timedelta(seconds=5)
+    assert load_settings(HEARTBEAT_INTERVAL="30s").statement_timeout == timedelta(minutes=1)
+    assert load_settings(STATEMENT_TIMEOUT="2s").statement_timeout == timedelta(seconds=2)
+    with pytest.raises(SettingsError, match="STATEMENT_TIMEOUT"):
+        load_settings(STATEMENT_TIMEOUT="0")
+
+
+@pytest.mark.parametrize(
+    ("url", "flag", "pooled"),
+    [
+        ("postgresql://u@db:6543/orbit?pgbouncer=true", None, True),
+        ("postgresql://u@db:6543/orbit?sslmode=require&pgbouncer=1", None, True),
+        ("postgresql://u@db:6543/orbit?pgbouncer=false", None, False),
+        ("postgresql://u@db:5432/orbit", None, False),
+        ("postgresql://u@db:6543/orbit", "true", True),
+    ],
+)
+def test_pgbouncer_mode_comes_from_the_url_or_the_setting(url: str, flag: str | None, pooled: bool) -> None:
+    """``?pgbouncer=true`` (Prisma's hint) or PGBOUNCER=true: no prepared statements, the hint
+    itself never reaches libpq, and DIRECT_URL stays direct."""
+    from app.database import connect_args, resolve
+
+    settings = load_settings(
+        DATABASE_URL=url, DIRECT_URL="postgresql://u@db:5432/orbit", **({"PGBOUNCER": flag} if flag else {})
+    )
+    database = resolve(settings)
+    assert database.pgbouncer is pooled
+    assert "pgbouncer" not in database.url
+    assert ("sslmode=require" in database.url) is ("sslmode" in url)
+    args = connect_args(pgbouncer=database.pgbouncer, timeout=database.timeout)
+    assert ("prepare_threshold" in args and args["prepare_threshold"] is None) is pooled
+    assert args["tcp_user_timeout"] == 10_000 and args["keepalives"] == 1
