@@ -1,7 +1,10 @@
 """Orbit's benchmark: enqueue, drain, pickup latency, claim cost and executor overhead, in one table.
 
 ``python -m bench`` (``make bench``) runs against the configured server (``DATABASE_URL``, else the
-embedded one) in a scratch database it creates and drops, so it never touches your data.
+embedded one) in a scratch database it creates and drops on ``DIRECT_URL``, so it never touches
+your data. Through PgBouncer (``?pgbouncer=true``), Orbit's processes reach the scratch database
+through the pooler, which must serve any database name (a ``*`` entry); the plain loops, the
+ceiling, always go direct.
 ``--quick`` is a smoke run with tiny counts (CI uses it to check the benchmark works, not a speed).
 Durations come from the database's clock (``started_at``, ``finished_at``), so worker start-up
 is not counted.
@@ -23,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 import bench.pipelines  # noqa: F401  (registers the bench pipelines for enqueue)
 from app import enqueue, enqueue_many, queries
-from app.database import libpq_url, make_engine, migrate, resolve, scratch_database
+from app.database import Database, libpq_url, make_engine, migrate, resolve, scratch_database
 from app.settings import load_settings_or_exit
 from bench import executor, plain
 
@@ -56,15 +60,17 @@ class Row:
 
 
 class Bench:
-    def __init__(self, url: str, size: Size, concurrency: int, workdir: Path) -> None:
-        self.url = url
+    def __init__(self, database: Database, size: Size, concurrency: int, workdir: Path) -> None:
+        self.database = database
+        self.url = database.direct_url
         self.size = size
         self.concurrency = concurrency
-        self.engine: Engine = make_engine(url)
+        self.engine: Engine = make_engine(self.url)
         self.workdir = workdir
         self.env = {
             **os.environ,
-            "DATABASE_URL": url,
+            "DATABASE_URL": database.setting_url,
+            "DIRECT_URL": database.direct_url,
             "ORBIT_PIPELINES": "bench.pipelines",
             # Default settings otherwise: workers log two lines per run, to the files as well.
             "LOG_LEVEL": "info",
@@ -236,8 +242,18 @@ class Bench:
 
     def dead_tuples(self) -> int:
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT pg_stat_force_next_flush()"))
+            if conn.dialect.server_version_info >= (15,):  # type: ignore[operator]
+                conn.execute(text("SELECT pg_stat_force_next_flush()"))
             return self._count("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'runs'")
+
+    def server(self) -> str:
+        """The server's version, its JIT setting, and whether Orbit goes through a pooler."""
+        with self.engine.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+            jit = conn.execute(text("SHOW jit")).scalar_one()
+            available = conn.execute(text("SELECT pg_jit_available()")).scalar_one()
+        pooled = ", through PgBouncer" if self.database.pgbouncer else ""
+        return f"PostgreSQL {version}, jit = {jit}{'' if available else ' (not built in)'}{pooled}"
 
     def _count(self, sql: str) -> int:
         with self.engine.connect() as conn:
@@ -266,6 +282,13 @@ class Bench:
         return executor.round_trip_us(self.url, concurrency, runs)
 
 
+def _scratch(configured: Database, direct: str) -> Database:
+    """The scratch database as the configured one is reached: direct, or through its pooler."""
+    name = make_url(direct).database
+    pooled = make_url(configured.url).set(database=name).render_as_string(hide_password=False)
+    return dataclasses.replace(configured, url=pooled, direct_url=direct, embedded=False)
+
+
 def _batches(count: int, pipeline: str) -> list[list[tuple[str, dict[str, object]]]]:
     """``count`` no-param runs of ``pipeline`` for enqueue_many, in batches of 5,000."""
     return [[(pipeline, {}) for _ in range(min(5_000, count - start))] for start in range(0, count, 5_000)]
@@ -286,6 +309,7 @@ def _percentile(values: list[float], p: float) -> float:
 
 def measure(bench: Bench) -> Iterator[Row]:
     size, c = bench.size, bench.concurrency
+    yield Row("server", bench.server())
     rates = bench.enqueue_rates()
     batch, single = rates["batch"], rates["single"]
     yield Row(
@@ -377,12 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     if args.jobs:
         size = dataclasses.replace(size, jobs=args.jobs)
-    server = resolve(load_settings_or_exit()).direct_url
-    with scratch_database(server, prefix="orbit_bench") as url, tempfile.TemporaryDirectory() as workdir:
+    configured = resolve(load_settings_or_exit())
+    with (
+        scratch_database(configured.direct_url, prefix="orbit_bench") as url,
+        tempfile.TemporaryDirectory() as workdir,
+    ):
         migrate(url)
+        database = _scratch(configured, url)
+        bench = Bench(database, size, args.concurrency, Path(workdir))
         # enqueue() without a connection uses the configured database: the scratch one.
-        os.environ["DATABASE_URL"] = url
-        bench = Bench(url, size, args.concurrency, Path(workdir))
+        os.environ.update(DATABASE_URL=bench.env["DATABASE_URL"], DIRECT_URL=url)
         rows: list[Row] = []
         try:
             for row in measure(bench):
