@@ -141,7 +141,7 @@ def release_db(server: TestServer) -> Iterator[Scratch]:
 
 
 def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes what 0004 changed."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0005)."""
     env = {**worker_env, **release_db.env()}
     migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
@@ -158,8 +158,8 @@ def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str,
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
-        indexes = {index["name"] for index in inspect(engine).get_indexes("runs")}
-        assert "runs_claim_idx" in indexes
-        assert "runs_pending_idx" not in indexes
+        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0004_claim_by_pipeline",)]
+        indexes = {index["name"] for index in inspect(engine).get_indexes("pauses")}
+        assert "pauses_like_idx" not in indexes
     finally:
         engine.dispose()
