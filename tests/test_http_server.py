@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from app.health import Health, Problem, Status
 from app.http_server import HttpServer, HttpServerError
 from app.settings import load_settings
 from tests.support.http import get, samples
+from tests.support.waiting import wait_until
 from tests.support.workers import stderr_of
 
 
@@ -95,3 +97,30 @@ def test_a_worker_whose_port_is_taken_exits_2(spawn_worker: Callable[..., subpro
         proc = spawn_worker(env={"METRICS_PORT": str(port)})
         assert proc.wait(timeout=60) == 2
         assert f"orbit: cannot serve metrics on 127.0.0.1:{port}" in stderr_of(proc)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_capped_and_timed_out() -> None:
+    """Connections that send nothing hold at most the cap of threads, each for the read timeout."""
+    server = HttpServer("127.0.0.1", 0, CollectorRegistry(), Health, read_timeout=0.5, max_connections=4)
+    server.start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+    try:
+        wait_until(lambda: sum(map(_closed_by_server, idle)) >= 26, what="connections past the cap closed")
+        assert threading.active_count() <= before + 4
+        wait_until(lambda: all(map(_closed_by_server, idle)), what="idle connections timed out")
+        wait_until(lambda: threading.active_count() <= before, what="their threads to end")
+        assert get(server.port, "/health").status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
