@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.deadlines import DEADLINES, DeadlineExceeded
+from app.masking import mask_url as mask_url  # re-exported: Database.masked's helper
 from app.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -109,15 +110,6 @@ def sqlalchemy_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """The same URL for plain psycopg (no SQLAlchemy driver suffix)."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and messages."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-    return parsed.render_as_string(hide_password=True)
 
 
 @contextlib.contextmanager

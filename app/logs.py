@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-_SECRET_IN_URL = re.compile(r"(\w[\w+.-]*://[^:/@\s]+:)[^@\s]+@")
+from app.masking import mask_url
+
 _SECRET_KEYS = re.compile(r"password|secret|token|api_key", re.IGNORECASE)
 
 
@@ -46,8 +47,8 @@ def _secret_key(key: str) -> bool:
 def _masked(value: Any, within: tuple[int, ...] = ()) -> Any:
     """``value`` with secrets masked; ``within``: the containers it is inside (a cycle ends as ...)."""
     if isinstance(value, str):
-        # Skip the regex when there cannot be a URL.
-        return _SECRET_IN_URL.sub(r"\1***@", value) if "://" in value else value
+        # Skip the regexes when there cannot be a URL or a DSN's password.
+        return mask_url(value) if "://" in value or "password" in value else value
     if not isinstance(value, dict | list | tuple):
         return value
     if id(value) in within:
