@@ -15,7 +15,12 @@ class Snooze(Exception):
     """Run again after ``delay`` (seconds, or a duration such as ``"5m"``) without using an attempt."""
 
     def __init__(self, delay: float | str | timedelta = 60) -> None:
-        self.delay = parse_duration(delay, bare_unit="s")
+        # A bad delay raises here, in the pipeline's code: its run fails with the reason, as for any
+        # other error of the pipeline, and the queue's write of the snooze never sees it.
+        try:
+            self.delay = parse_duration(delay, bare_unit="s")
+        except ValueError as exc:
+            raise ValueError(f"Snooze delay {delay!r}: expected {exc}") from None
         super().__init__(f"snoozed for {self.delay.total_seconds():g}s")
 
 

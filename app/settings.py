@@ -18,7 +18,8 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.durations import EXPECTED as DURATION_EXPECTED
-from app.durations import parse_duration
+from app.durations import format_duration, parse_duration
+from app.masking import mask_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -28,6 +29,9 @@ def _duration_ms(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration_ms)]
+
+# statement_timeout and tcp_user_timeout are whole milliseconds in a C int.
+MAX_STATEMENT_TIMEOUT = timedelta(milliseconds=2**31 - 1)
 
 
 class Settings(BaseSettings):
@@ -114,13 +118,31 @@ class Settings(BaseSettings):
         url = str(value).strip()
         if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
             raise ValueError("a postgresql:// URL")
+        from sqlalchemy.engine import make_url
+
+        # Parsed here, as every connection parses it later: a bad port is this one line at start-up.
+        try:
+            make_url(url)
+        except ValueError:
+            raise ValueError("a postgresql:// URL (user:password@host:port/database)") from None
         return url
 
     @model_validator(mode="after")
-    def _positive_intervals(self) -> Settings:
-        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "STATEMENT_TIMEOUT"):
+    def _consistent_intervals(self) -> Settings:
+        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "STATEMENT_TIMEOUT", "MAX_EXECUTION_TIMEOUT"):
             if getattr(self, name) is not None and getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name}: must be greater than zero")
+        # A heartbeat is written every HEARTBEAT_INTERVAL, and one may be late by a slow turn: with
+        # less than two intervals of silence allowed, live runs are recovered and executed twice.
+        if self.STALE_AFTER is not None and self.STALE_AFTER < 2 * self.HEARTBEAT_INTERVAL:
+            raise ValueError(
+                f"STALE_AFTER={format_duration(self.STALE_AFTER)}: must be at least twice HEARTBEAT_INTERVAL"
+                f" ({format_duration(2 * self.HEARTBEAT_INTERVAL)}), or live runs are recovered and run twice"
+            )
+        if self.statement_timeout > MAX_STATEMENT_TIMEOUT:
+            name = "STATEMENT_TIMEOUT" if self.STATEMENT_TIMEOUT else "HEARTBEAT_INTERVAL (twice it)"
+            limit = format_duration(MAX_STATEMENT_TIMEOUT)
+            raise ValueError(f"{name}: the statement timeout must be at most {limit} (PostgreSQL's limit)")
         if self.METRICS_PORT and self.METRICS_PORT + self.ORBIT_PROCESS_NUM > 65535:
             raise ValueError("METRICS_PORT + ORBIT_PROCESS_NUM: must be at most 65535")
         return self
@@ -173,6 +195,8 @@ class SettingsError(Exception):
 def _describe(error: dict[str, Any]) -> str:
     name = str(error["loc"][0]) if error.get("loc") else "settings"
     value = error.get("input")
+    if name in ("DATABASE_URL", "DIRECT_URL") and isinstance(value, str):
+        value = mask_url(value)
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if (
         "duration" in message

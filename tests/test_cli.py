@@ -16,6 +16,13 @@ from tests.conftest import ROOT, fetch_run
 
 Orbit = Callable[..., subprocess.CompletedProcess[str]]
 UNREACHABLE = "postgresql://orbit:s3cret@127.0.0.1:1/orbit"
+# The same secret in each place libpq takes a password from, PGPASSWORD included.
+SECRET_FORMS = [
+    {"DATABASE_URL": UNREACHABLE},
+    {"DATABASE_URL": "postgresql://orbit@127.0.0.1:1/orbit?password=s3cret"},
+    {"DATABASE_URL": "postgresql://orbit@127.0.0.1:1/orbit?sslmode=disable&password=s3cret&x=1"},
+    {"DATABASE_URL": "postgresql://orbit@127.0.0.1:1/orbit", "PGPASSWORD": "s3cret"},
+]
 
 
 def _runs(engine: Engine) -> int:
@@ -79,10 +86,38 @@ def test_an_unreachable_database_is_one_line_without_the_password(orbit: Orbit, 
     assert "s3cret" not in result.stderr and "***" in result.stderr
 
 
-def test_the_worker_refuses_an_unreachable_database_with_status_1(worker_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("env", SECRET_FORMS, ids=["userinfo", "query", "query-among-others", "pgpassword"])
+def test_no_form_of_password_is_printed_when_the_database_is_unreachable(
+    orbit: Orbit, env: dict[str, str]
+) -> None:
+    """The CLI's "cannot reach" line masks a password wherever the URL carries it."""
+    result = orbit("runs", env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("orbit: cannot reach the database")
+    assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://orbit:s3cret@db/orbit?password=s3cret", "postgresql://a:s3cret@b@c:x/orbit"]
+)
+def test_an_invalid_database_url_is_refused_without_its_password(orbit: Orbit, url: str) -> None:
+    """A DATABASE_URL that is not one is one line, exit 2, with its password masked."""
+    result = orbit("runs", env={"DATABASE_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("orbit: invalid setting DATABASE_URL=")
+    assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize("env", SECRET_FORMS, ids=["userinfo", "query", "query-among-others", "pgpassword"])
+def test_the_worker_refuses_an_unreachable_database_with_status_1(
+    worker_env: dict[str, str], env: dict[str, str]
+) -> None:
+    """Exit 1, and neither its "Using database" line nor its error shows the password."""
     result = subprocess.run(
         [sys.executable, "-m", "app.worker"],
-        env={**worker_env, "DATABASE_URL": UNREACHABLE, "LOG_FORMAT": "json"},
+        env={**worker_env, **env, "LOG_FORMAT": "json"},
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from app.durations import parse_duration
-from app.settings import SettingsError, load_settings
+from app.settings import Settings, SettingsError, load_settings
 
 
 def test_bare_numbers_are_milliseconds_and_units_are_accepted() -> None:
@@ -125,3 +125,92 @@ def test_pgbouncer_mode_comes_from_the_url_or_the_setting(url: str, flag: str | 
     args = connect_args(pgbouncer=database.pgbouncer, timeout=database.timeout)
     assert ("prepare_threshold" in args and args["prepare_threshold"] is None) is pooled
     assert args["tcp_user_timeout"] == 10_000 and args["keepalives"] == 1
+
+
+# Every setting typed Duration (or Duration | None): they share its validator.
+DURATION_SETTINGS = sorted(
+    name
+    for name, field in Settings.model_fields.items()
+    if "_duration_ms" in repr(field.annotation) + repr(field.metadata)
+)
+
+
+def test_every_duration_setting_is_found() -> None:
+    """The list the bound is checked on holds every Duration setting (a new one joins it)."""
+    assert {"POLL_INTERVAL", "MAX_EXECUTION_TIMEOUT", "STALE_AFTER", "RETENTION_FAILED"} <= set(
+        DURATION_SETTINGS
+    )
+
+
+@pytest.mark.parametrize("name", DURATION_SETTINGS)
+@pytest.mark.parametrize("value", ["36526d", "99999999999999", "1e13", "99999999999999999999999999d"])
+def test_every_duration_setting_is_at_most_100_years(name: str, value: str) -> None:
+    """Past 100 years a duration overflows PostgreSQL's interval arithmetic: refused at start-up."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(**{name: value})
+    message = str(error.value)
+    assert "\n" not in message
+    assert name in message
+    assert "duration" in message
+
+
+def test_a_hundred_years_is_accepted() -> None:
+    """The bound itself is a valid value (a retention kept that long, say)."""
+    assert load_settings(RETENTION_FAILED="36525d").retention["failed"] == timedelta(days=36_525)
+    assert parse_duration(36_525 * 86_400, bare_unit="s") == timedelta(days=36_525)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"HEARTBEAT_INTERVAL": "5s", "STALE_AFTER": "5s"}, "STALE_AFTER=5s: must be at least twice"),
+        ({"HEARTBEAT_INTERVAL": "5s", "STALE_AFTER": "9999ms"}, "STALE_AFTER=9s: must be at least twice"),
+        ({"HEARTBEAT_INTERVAL": "1m", "STALE_AFTER": "30s"}, "STALE_AFTER=30s: must be at least twice"),
+        ({"MAX_EXECUTION_TIMEOUT": "0"}, "MAX_EXECUTION_TIMEOUT: must be greater than zero"),
+        ({"STATEMENT_TIMEOUT": "25d"}, "STATEMENT_TIMEOUT: the statement timeout must be at most 24d"),
+        ({"HEARTBEAT_INTERVAL": "13d"}, "HEARTBEAT_INTERVAL (twice it): the statement timeout"),
+    ],
+)
+def test_intervals_that_cannot_work_together_are_refused(values: dict[str, str], expected: str) -> None:
+    """A STALE_AFTER under two heartbeats would recover live runs; a statement timeout past
+    PostgreSQL's int of milliseconds fails every connection; a 0 time limit fails every claim."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(**values)
+    assert "\n" not in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_a_stale_after_of_two_heartbeats_is_accepted() -> None:
+    """Exactly twice HEARTBEAT_INTERVAL is enough."""
+    assert load_settings(HEARTBEAT_INTERVAL="5s", STALE_AFTER="10s").stale_after == timedelta(seconds=10)
+
+
+def test_a_bad_stale_after_stops_the_worker_with_status_2() -> None:
+    """At start-up, before any database: one line, exit 2."""
+    env = {"HEARTBEAT_INTERVAL": "5s", "STALE_AFTER": "4s", "DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.worker"],
+        env={**env, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "STALE_AFTER=4s" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://a:s3cret@b@c:x/orbit",
+        "mysql://u:s3cret@db/orbit",
+        "postgres://u@db:port/x?password=s3cret",
+    ],
+)
+def test_a_bad_database_url_is_refused_without_its_password(url: str) -> None:
+    """The URL is parsed at start-up (a bad port is one line), and its password is never echoed."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(DATABASE_URL=url)
+    assert "s3cret" not in str(error.value)
+    assert "DATABASE_URL=" in str(error.value)

@@ -167,3 +167,18 @@ def test_bad_rows_in_the_table_never_block_the_queue(
     assert [fetch_run(engine, g).status for g in good] == [RunStatus.SUCCEEDED] * 5
     with engine.connect() as conn:
         assert conn.execute(text("SELECT to_regclass('runs') IS NOT NULL")).scalar_one()
+
+
+def test_a_snooze_past_the_bound_fails_its_run_and_nothing_else(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Snooze(1e13) fails its own run with the reason; the runs of its batch are unharmed."""
+    with engine.begin() as conn:
+        absurd = enqueue("test.snooze", {"delay": 1e13}, connection=conn)
+        good = [enqueue("test.noop", {}, connection=conn) for _ in range(3)]
+    assert run_burst(make_settings(WORKER_CONCURRENCY=4)) == 0
+    run = fetch_run(engine, absurd)
+    assert run.status == RunStatus.FAILED
+    assert [e["type"] for e in run.errors] == ["ValueError"]
+    assert "Snooze delay 10000000000000.0: expected a duration of at most 100 years" in run.error
+    assert [fetch_run(engine, g).status for g in good] == [RunStatus.SUCCEEDED] * 3
