@@ -50,7 +50,10 @@ class WorkerMetrics:
             "orbit_retries_scheduled", "Failed attempts put back for a retry", ["pipeline"], registry=r
         )
         self.recovered = Counter(
-            "orbit_runs_recovered", "Interrupted runs recovered by this worker's rescuer", registry=r
+            "orbit_runs_recovered",
+            "Interrupted runs recovered by this worker's rescuer (of any pipeline)",
+            ["pipeline"],
+            registry=r,
         )
         self.claim_latency = Histogram(
             "orbit_claim_latency_seconds",
@@ -69,6 +72,7 @@ class WorkerMetrics:
             # Series exist from the start, so rate() sees the first increment.
             self.claimed.labels(pipeline)
             self.retries.labels(pipeline)
+            self.recovered.labels(pipeline)
             for outcome in FINAL_OUTCOMES:
                 self.completed.labels(pipeline, outcome)
 
@@ -80,6 +84,11 @@ class WorkerMetrics:
     def run_claimed(self, run: ClaimedRun) -> None:
         self.claimed.labels(run.pipeline).inc()
         self.claim_latency.labels(run.pipeline).observe(run.waited_s)
+
+    def runs_recovered(self, pipelines: Iterable[str]) -> None:
+        """Count recovered runs, one pipeline name per run."""
+        for pipeline in pipelines:
+            self.recovered.labels(pipeline).inc()
 
     def attempt_ended(self, pipeline: str, outcome: str, duration: float) -> None:
         """Record an attempt; ``outcome`` is a final one, or ``pending`` for a scheduled retry."""

@@ -71,13 +71,14 @@ class Rescuer:
     retention: dict[str, timedelta] = field(default_factory=dict)
     batch: int = 1000
 
-    def run_once(self, conn: Connection) -> int | None:
-        """One pass in the caller's transaction; None when another worker holds the lock."""
+    def run_once(self, conn: Connection) -> list[Row[Any]] | None:
+        """One pass in the caller's transaction: the runs it recovered (id, pipeline, status,
+        attempt, worker_id); None when another worker holds the lock."""
         if not conn.execute(LEADER_LOCK).scalar():
             return None
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
-        return len(recovered)
+        return recovered
 
     def prune_once(self, conn: Connection) -> int | None:
         """Delete one batch of expired runs; None when another worker holds the lock.

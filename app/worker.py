@@ -379,7 +379,7 @@ class Worker:
             self._beat()
         if self._rescue.ready(now) and not self.stopping:
             recovered = self._db(self.rescuer.run_once)
-            self.metrics.recovered.inc(recovered or 0)
+            self.metrics.runs_recovered(row.pipeline for row in recovered or [])
             self._prune()
             self._db(self.scheduler.run_once)
         if self._report.ready(now):

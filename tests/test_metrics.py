@@ -64,7 +64,7 @@ def test_scraped_metrics_match_what_the_worker_ran(
     assert value("orbit_run_duration_seconds_count", pipeline="test.fail") == 3
     assert value("orbit_run_duration_seconds_count", pipeline="test.noop") == 3
     assert value("orbit_claim_latency_seconds_count", pipeline="test.noop") == 3
-    assert value("orbit_runs_recovered_total") == 0
+    assert value("orbit_runs_recovered_total", pipeline="test.noop") == 0
     assert value("orbit_runs_in_flight") == 0
     assert value("orbit_database_up") == 1
     assert value("orbit_queue_depth", pipeline="test.echo", status="pending") == len(waiting)
@@ -87,6 +87,21 @@ def test_health_endpoint_turns_warning_when_a_run_is_stuck(
     body = json.loads(reply.body)
     assert (reply.status, body["status"], body["stuckRuns"]) == (200, "warning", 1)
     assert "1 stuck run(s)" in body["message"]
+
+
+def test_recovered_runs_are_counted_by_pipeline(
+    engine: Engine, spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """orbit_runs_recovered_total counts each recovered run under its pipeline, loaded here or not."""
+    worker_row(engine, "crashed-worker", heartbeat_ago=3600)
+    lost = [running_run(engine, "test.echo", "crashed-worker", heartbeat_ago=3600) for _ in range(2)]
+    port = free_port()
+    spawn_worker("--pipelines", "test.noop", env={"METRICS_PORT": str(port), "RECOVERY_INTERVAL": "100ms"})
+    back = RunStatus.PENDING  # and never claimed: this worker does not run test.echo
+    wait_until(lambda: all(fetch_run(engine, i).status == back for i in lost), 60, "the runs' recovery")
+    values = samples(wait_until(lambda: answers(port), 30, "the metrics endpoint").body)
+    assert values["orbit_runs_recovered_total", (("pipeline", "test.echo"),)] == 2
+    assert values["orbit_runs_recovered_total", (("pipeline", "test.noop"),)] == 0
 
 
 def test_queue_gauges_query_the_database_at_most_every_interval() -> None:

@@ -134,7 +134,7 @@ def test_the_rescuer_runs_on_one_worker_at_a_time(
     _stale_running_run(engine)
     rescuer = recovery.Rescuer(make_settings().stale_after, make_settings().WORKER_RETENTION)
     with engine.begin() as first, engine.begin() as second:
-        assert rescuer.run_once(first) == 1
+        assert len(rescuer.run_once(first) or []) == 1
         assert rescuer.run_once(second) is None
 
 
