@@ -454,6 +454,9 @@ def exchange(
 
 # --- heartbeats and the worker registry ------------------------------------------------------
 
+# An id is taken over only from a process that is gone: stopped, silent for STALE_AFTER, or the
+# one the caller found no longer running on its host (:gone_pid). Decided in the upsert itself, so
+# two processes registering at once cannot both win.
 _REGISTER_WORKER = text("""
     INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, pipelines, version)
     VALUES (:id, :hostname, :pid, :concurrency, :pipeline_filter, :pipelines, :version)
@@ -462,6 +465,16 @@ _REGISTER_WORKER = text("""
         stopped_at = NULL, concurrency = EXCLUDED.concurrency,
         pipeline_filter = EXCLUDED.pipeline_filter, pipelines = EXCLUDED.pipelines,
         version = EXCLUDED.version
+    WHERE workers.stopped_at IS NOT NULL
+       OR workers.heartbeat_at < now() - make_interval(secs => :stale)
+       OR (workers.hostname = EXCLUDED.hostname AND workers.pid = CAST(:gone_pid AS integer))
+    RETURNING id
+""")
+
+_REGISTERED_WORKER = text("""
+    SELECT hostname, pid, stopped_at,
+           EXTRACT(EPOCH FROM now() - heartbeat_at)::double precision AS heartbeat_age_s
+    FROM workers WHERE id = :id
 """)
 
 _WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
@@ -473,7 +486,10 @@ _RUNS_HEARTBEAT = text("""
     RETURNING r.id
 """)
 
-_STOP_WORKER = text("UPDATE workers SET stopped_at = now(), heartbeat_at = now() WHERE id = :worker_id")
+_STOP_WORKER = text("""
+    UPDATE workers SET stopped_at = now(), heartbeat_at = now()
+    WHERE id = :worker_id AND hostname = :hostname AND pid = :pid
+""")
 
 _PRUNE_WORKERS = text("""
     DELETE FROM workers
@@ -482,8 +498,17 @@ _PRUNE_WORKERS = text("""
 """)
 
 
-def register_worker(conn: Connection, **values: Any) -> None:
-    conn.execute(_REGISTER_WORKER, values)
+def register_worker(
+    conn: Connection, *, stale_after: timedelta, gone_pid: int | None = None, **values: Any
+) -> bool:
+    """Register a worker process under ``values["id"]``; False when a live process holds that id."""
+    params = {**values, "stale": stale_after.total_seconds(), "gone_pid": gone_pid}
+    return conn.execute(_REGISTER_WORKER, params).first() is not None
+
+
+def registered_worker(conn: Connection, worker_id: str) -> Row[Any] | None:
+    """Who is registered under ``worker_id``: hostname, pid, stopped_at, heartbeat_age_s."""
+    return conn.execute(_REGISTERED_WORKER, {"id": worker_id}).first()
 
 
 def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
@@ -498,8 +523,9 @@ def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int
     return {int(i) for i in rows.scalars()}
 
 
-def stop_worker(conn: Connection, worker_id: str) -> None:
-    conn.execute(_STOP_WORKER, {"worker_id": worker_id})
+def stop_worker(conn: Connection, worker_id: str, hostname: str, pid: int) -> None:
+    """Mark this process's registration stopped (not another's that took the id over since)."""
+    conn.execute(_STOP_WORKER, {"worker_id": worker_id, "hostname": hostname, "pid": pid})
 
 
 def prune_workers(conn: Connection, retention: timedelta) -> int:
