@@ -1,22 +1,30 @@
-"""Scenario 9: separate roles, and no secret in any log."""
+"""Scenario 9: separate roles, each refused what its code never does, and no secret in any log."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from app import enqueue, queries
+from app import enqueue, enqueue_many, queries
+from app.database import libpq_url, make_engine, migrate
 from app.states import RunStatus
 from tests.conftest import ROOT, fetch_run
-from tests.support.http import free_port, get
+from tests.support.http import answers, free_port, get, samples
+from tests.support.pipelines import SIDE_TABLE
+from tests.support.servers import TestServer
 from tests.support.waiting import wait_until
+from tests.support.workers import stderr_of
 
 ROLES = (ROOT / "deploy" / "roles.sql").read_text()
 CANARY_PASSWORD = "canary-pw-7f3a9"
@@ -39,54 +47,349 @@ def _unreachable(env: dict[str, str]) -> dict[str, str]:
     return {k: make_url(v).set(port=1).render_as_string(hide_password=False) for k, v in env.items()}
 
 
-@pytest.fixture
-def roles(engine: Engine) -> Engine:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(ROLES)
-    return engine
+# --- roles ---------------------------------------------------------------------------------------
+# The whole workflow of deploy/roles.sql in a database of its own, with a login role in each group
+# as a deployment would have: roles first, migrations as a member of orbit_migrator, roles again,
+# then a real worker, enqueuers (Python, CLI, SQL) and operators (CLI) each as their own role. The
+# direct URL is used throughout: PgBouncer in the tests logs every client in as the superuser.
+
+LOGINS = {
+    "deployer": "orbit_migrator",
+    "deployer2": "orbit_migrator",
+    "worker": "orbit_worker",
+    "enqueuer": "orbit_enqueuer",
+    "operator": "orbit_operator",
+}
 
 
-def test_roles_can_be_applied_twice(roles: Engine) -> None:
-    with roles.begin() as conn:
-        conn.exec_driver_sql(ROLES)
+@dataclass(frozen=True)
+class Secured:
+    """A database set up with deploy/roles.sql: its superuser URL and one URL per login."""
+
+    admin_url: str
+    urls: dict[str, str]
+
+    def env(self, login: str) -> dict[str, str]:
+        url = self.urls[login]
+        return {"DATABASE_URL": url, "DIRECT_URL": url}
+
+    def connect(self, login: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(libpq_url(self.urls[login]), autocommit=True)
+
+
+def _as(url: str, login: str) -> str:
+    return make_url(url).set(username=f"orbit_test_{login}", password=None).render_as_string(False)
+
+
+def _apply_roles(url: str) -> None:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(ROLES)
+
+
+@pytest.fixture(scope="module")
+def secured(server: TestServer) -> Iterator[Secured]:
+    """roles.sql on an empty database, `migrate` as a member of orbit_migrator, roles.sql again."""
+    with server.scratch_database() as database:
+        admin = database.direct_url
+        _apply_roles(admin)
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            for login, group in LOGINS.items():
+                name = f"orbit_test_{login}"
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
+                    conn.execute(f"CREATE ROLE {name} LOGIN IN ROLE {group}")
+            conn.execute(SIDE_TABLE)  # the test pipelines' plumbing, written as the superuser
+        urls = {login: _as(admin, login) for login in LOGINS}
+        migrate(urls["deployer"])
+        _apply_roles(admin)
+        yield Secured(admin, urls)
+
+
+def _owners(secured: Secured) -> set[str]:
+    with psycopg.connect(libpq_url(secured.admin_url)) as conn:
+        rows = conn.execute("""
+            SELECT pg_get_userbyid(relowner) FROM pg_class
+            WHERE relnamespace = 'public'::regnamespace AND relname <> 'executions'
+            UNION SELECT pg_get_userbyid(proowner) FROM pg_proc
+            WHERE pronamespace = 'public'::regnamespace
+        """).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_the_migrator_role_owns_what_migrations_make(secured: Secured) -> None:
+    """Migrated by a member of orbit_migrator, every table, view and function is orbit_migrator's."""
+    assert _owners(secured) == {"orbit_migrator"}
+
+
+def test_another_migrator_can_migrate_and_roles_apply_twice(
+    secured: Secured, worker_env: dict[str, str]
+) -> None:
+    """A second member of orbit_migrator downgrades and upgrades (DDL on the first one's tables)."""
+    env = {**worker_env, **secured.env("deployer2")}
+    alembic = str(Path(sys.executable).parent / "alembic")
+    down = subprocess.run(
+        [alembic, "downgrade", "-1"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert down.returncode == 0, down.stderr
+    up = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    with secured.connect("deployer2") as conn:
+        conn.execute("CREATE INDEX orbit_test_idx ON runs (created_at)")
+        conn.execute("DROP INDEX orbit_test_idx")
+    _apply_roles(secured.admin_url)
+    assert _owners(secured) == {"orbit_migrator"}
+
+
+def _enqueued_every_way(secured: Secured, orbit: Callable[..., Any]) -> dict[str, list[int]]:
+    """Runs enqueued as the enqueuer: enqueue(), enqueue_many(), `orbit enqueue`, SQL INSERT."""
+    engine = make_engine(secured.urls["enqueuer"])
+    try:
+        with engine.begin() as conn:
+            python = [
+                enqueue("test.steps", {}, connection=conn),
+                enqueue("test.echo", {"n": 1}, key="k-1", priority=5, max_attempts=2, connection=conn),
+                enqueue("test.heartbeat", {}, timeout="30s", delay=0.1, connection=conn),
+                enqueue("test.fail", {}, max_attempts=2, connection=conn),
+            ]
+            again = enqueue("test.echo", {"n": 2}, key="k-1", connection=conn)
+        assert again == python[1]
+        with engine.begin() as conn:
+            many = enqueue_many(
+                [("test.noop", {}), ("test.noop", {"i": 2}), ("test.echo", {})], connection=conn
+            )
+    finally:
+        engine.dispose()
+    env = secured.env("enqueuer")
+    cli = orbit("enqueue", "test.echo", "--params", '{"via": "cli"}', "--key", "k-2", env=env)
+    assert cli.returncode == 0, cli.stderr
+    from_file = orbit("enqueue", "test.noop", "--from-file", "-", env=env, stdin='{"a": 1}\n{"a": 2}\n')
+    assert from_file.returncode == 0, from_file.stderr
+    with secured.connect("enqueuer") as conn:
+        row = conn.execute("INSERT INTO runs (pipeline, params) VALUES ('test.noop', '{}') RETURNING id")
+        sql = [int(row.fetchone()[0])]  # type: ignore[index]
+        by_cli = conn.execute("SELECT id FROM runs WHERE params ? 'via' OR params ? 'a'")
+        cli_ids = [int(i) for (i,) in by_cli]
+    return {"python": python, "many": many, "cli": cli_ids, "sql": sql}
+
+
+def _stale_setup(secured: Secured) -> dict[str, int]:
+    """As the superuser: an interrupted run, a dead worker, an expired run and a due schedule."""
+    with psycopg.connect(libpq_url(secured.admin_url), autocommit=True) as conn:
+        lost = conn.execute("""
+            INSERT INTO runs (pipeline, status, attempt, max_attempts, started_at, heartbeat_at, worker_id)
+            VALUES ('test.noop', 'running', 1, 3, now() - interval '1 hour', now() - interval '1 hour',
+                    'gone-worker') RETURNING id
+        """).fetchone()
+        expired = conn.execute("""
+            INSERT INTO runs (pipeline, status, started_at, finished_at)
+            VALUES ('test.noop', 'succeeded', now() - interval '30 days', now() - interval '30 days')
+            RETURNING id
+        """).fetchone()
+        conn.execute("""
+            INSERT INTO workers (id, hostname, pid, heartbeat_at, stopped_at, concurrency, pipeline_filter,
+                                 version)
+            VALUES ('long-gone', 'h', 1, now() - interval '3 days', now() - interval '3 days', 1, '*', 't')
+        """)
+        conn.execute("""
+            INSERT INTO schedules (pipeline, last_slot, next_slot)
+            VALUES ('test.daily', now() - interval '3 days', now() - interval '2 days')
+        """)
+    assert lost is not None and expired is not None
+    return {"lost": lost[0], "expired": expired[0]}
+
+
+def _statuses(secured: Secured) -> dict[int, str]:
+    with psycopg.connect(libpq_url(secured.admin_url)) as conn:
+        return dict(conn.execute("SELECT id, status FROM runs").fetchall())  # type: ignore[arg-type]
+
+
+def _admin_rows(secured: Secured, query: str) -> list[Any]:
+    with psycopg.connect(libpq_url(secured.admin_url)) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_the_worker_role_works_runs_enqueued_every_way(
+    secured: Secured,
+    worker_env: dict[str, str],
+    orbit: Callable[..., Any],
+    spawn_worker: Callable[..., subprocess.Popen[str]],
+) -> None:
+    """As orbit_worker: runs to their end (steps, heartbeats, retries), recovery, retention,
+    worker pruning, schedules, /metrics and /health; no database error on the way."""
+    enqueued = _enqueued_every_way(secured, orbit)
+    setup = _stale_setup(secured)
+    port = free_port()
+    env = {
+        **secured.env("worker"),
+        "ORBIT_TEST_SIDE_URL": libpq_url(secured.admin_url),
+        "RECOVERY_INTERVAL": "200ms",
+        "METRICS_PORT": str(port),
+        "QUEUE_METRICS_INTERVAL": "0",
+        "LOG_LEVEL": "debug",
+    }
+    worker = spawn_worker("--concurrency", "2", env=env)
+    ids = [i for group in enqueued.values() for i in group] + [setup["lost"]]
+
+    def settled() -> bool:
+        statuses = _statuses(secured)
+        daily = _admin_rows(secured, "SELECT status FROM runs WHERE pipeline = 'test.daily'")
+        return (
+            all(statuses.get(i) in ("succeeded", "failed") for i in ids)
+            and setup["expired"] not in statuses
+            and daily == [("succeeded",)]
+        )
+
+    wait_until(settled, 90, "every run to finish, the expired one pruned and the schedule run")
+    statuses = _statuses(secured)
+    assert [i for i in ids if statuses[i] != "succeeded"] == [enqueued["python"][3]]  # test.fail
+    assert _admin_rows(secured, "SELECT id FROM workers WHERE id = 'long-gone'") == []
+    assert _admin_rows(secured, "SELECT count(*) FROM run_steps WHERE status = 'succeeded'") == [(3,)]
+    values = samples(wait_until(lambda: answers(port), 30, "the metrics endpoint").body)
+    assert values["orbit_runs_recovered_total", (("pipeline", "test.noop"),)] == 1
+    assert get(port, "/health").status in (200, 503)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    logged = stderr_of(worker)
+    assert "permission denied" not in logged and "Database error" not in logged, logged[-3000:]
+    assert _admin_rows(secured, "SELECT count(*) FROM workers WHERE stopped_at IS NOT NULL") == [(1,)]
+
+
+def test_the_operator_role_runs_the_operations_commands(secured: Secured, orbit: Callable[..., Any]) -> None:
+    """As orbit_operator: pause, unpause, drain, cancel, resume, recover, prune and every listing."""
+    with psycopg.connect(libpq_url(secured.admin_url), autocommit=True) as conn:
+        pending = conn.execute("INSERT INTO runs (pipeline) VALUES ('test.noop') RETURNING id").fetchone()
+        failed = conn.execute("""
+            INSERT INTO runs (pipeline, status, attempt, max_attempts, started_at, finished_at, error)
+            VALUES ('test.noop', 'failed', 1, 1, now(), now(), 'x') RETURNING id
+        """).fetchone()
+        conn.execute("""
+            INSERT INTO runs (pipeline, status, attempt, max_attempts, started_at, heartbeat_at, worker_id)
+            VALUES ('test.noop', 'running', 1, 3, now() - interval '1 hour', now() - interval '1 hour',
+                    'gone')
+        """)
+        conn.execute("""
+            INSERT INTO runs (pipeline, status, started_at, finished_at)
+            VALUES ('test.noop', 'cancelled', now() - interval '40 days', now() - interval '40 days')
+        """)
+    assert pending is not None and failed is not None
+    env = secured.env("operator")
+    commands: list[tuple[list[str], tuple[int, ...]]] = [
+        (["pause", "test.*"], (0,)),
+        (["pauses"], (0,)),
+        (["drain", "test.*", "--timeout", "1s"], (0, 1)),
+        (["unpause", "test.*"], (0,)),
+        (["cancel", str(pending[0])], (0,)),
+        (["resume", str(failed[0])], (0,)),
+        (["check-interrupted"], (1,)),
+        (["recover", "--auto-resume"], (0,)),
+        (["prune", "--older-than", "30d"], (0,)),
+        (["prune", "--dry-run"], (0,)),
+        (["status", str(failed[0])], (0,)),
+        (["runs"], (0,)),
+        (["workers"], (0,)),
+        (["schedules"], (0,)),
+        (["metrics"], (0,)),
+        (["health"], (0, 1, 2)),
+    ]
+    for args, expected in commands:
+        done = orbit(*args, env=env)
+        assert done.returncode in expected, (args, done.stdout, done.stderr)
+        assert "permission denied" not in done.stderr, (args, done.stderr)
+    statuses = _statuses(secured)
+    assert (statuses[pending[0]], statuses[failed[0]]) == ("cancelled", "pending")
+
+
+FORBIDDEN_DDL = [
+    "CREATE TABLE intruder (id int)",
+    "DROP TABLE runs",
+    "ALTER TABLE runs ADD COLUMN x int",
+    "TRUNCATE runs",
+    "CREATE INDEX intruder_idx ON runs (key)",
+    "DROP TRIGGER runs_id_from_sequence ON runs",
+]
+
+FORBIDDEN = {
+    "worker": [
+        "DELETE FROM alembic_version",
+        "UPDATE alembic_version SET version_num = 'x'",
+        "DELETE FROM pauses",
+        "INSERT INTO pauses (pattern, like_pattern) VALUES ('x', 'x')",
+        "UPDATE workers SET id = 'someone-else'",
+        "UPDATE runs SET params = '{}'",
+        "UPDATE runs SET pipeline = 'test.noop'",
+        "UPDATE runs SET id = id + 1000",
+        "INSERT INTO runs (pipeline, status, worker_id) VALUES ('test.noop', 'running', 'w')",
+        "DELETE FROM run_steps",
+        "DELETE FROM schedules",
+        "SELECT nextval('runs_id_seq')",
+        "SELECT setval('runs_id_seq', 1)",
+    ],
+    "enqueuer": [
+        "INSERT INTO runs (pipeline, status, result) VALUES ('test.noop', 'succeeded', '{\"forged\": 1}')",
+        "INSERT INTO runs (pipeline, status, worker_id, heartbeat_at)"
+        " VALUES ('test.noop', 'running', 'w', 'infinity')",
+        "INSERT INTO runs (pipeline, attempt) VALUES ('test.noop', 5)",
+        "INSERT INTO runs (pipeline, created_at) VALUES ('test.noop', 'infinity')",
+        "UPDATE runs SET status = 'pending'",
+        "DELETE FROM runs",
+        "DELETE FROM alembic_version",
+        "INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, version)"
+        " VALUES ('x', 'h', 1, 1, '*', 't')",
+        "INSERT INTO pauses (pattern, like_pattern) VALUES ('x', 'x')",
+        "DELETE FROM pauses",
+        "SELECT setval('runs_id_seq', 1)",
+    ],
+    "operator": [
+        "INSERT INTO runs (pipeline) VALUES ('test.noop')",
+        "UPDATE runs SET result = '1'",
+        "UPDATE runs SET worker_id = 'x'",
+        "DELETE FROM alembic_version",
+        "UPDATE workers SET heartbeat_at = 'infinity'",
+        "DELETE FROM workers",
+        "DELETE FROM run_steps",
+    ],
+}
 
 
 @pytest.mark.parametrize(
-    "ddl",
-    [
-        "CREATE TABLE intruder (id int)",
-        "DROP TABLE runs",
-        "ALTER TABLE runs ADD COLUMN x int",
-        "TRUNCATE runs",
-    ],
+    ("login", "statement"),
+    [(login, s) for login, statements in FORBIDDEN.items() for s in statements]
+    + [(login, s) for login in ("worker", "enqueuer", "operator") for s in FORBIDDEN_DDL],
 )
-@pytest.mark.parametrize("role", ["orbit_worker", "orbit_enqueuer"])
-def test_workers_and_enqueuers_cannot_change_the_schema(roles: Engine, role: str, ddl: str) -> None:
-    with pytest.raises(ProgrammingError, match=r"permission denied|must be owner"), roles.begin() as conn:
-        conn.execute(text(f"SET LOCAL ROLE {role}"))
-        conn.execute(text(ddl))
+def test_what_a_role_does_not_need_is_refused(secured: Secured, login: str, statement: str) -> None:
+    """Each role is refused every write its code never makes."""
+    with secured.connect(login) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
 
 
-def test_the_worker_role_can_do_a_workers_job(roles: Engine) -> None:
-    with roles.begin() as conn:
-        conn.execute(text("SET LOCAL ROLE orbit_enqueuer"))
-        run_id = enqueue("test.noop", {}, connection=conn)
-    with roles.begin() as conn:
-        conn.execute(text("SET LOCAL ROLE orbit_worker"))
-        queries.register_worker(
-            conn, id="w", hostname="h", pid=1, concurrency=1, pipeline_filter="*", pipelines=[], version="t"
-        )
-        (run,) = queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
-        assert queries.heartbeat(conn, "w", {run.id: run.attempt}) == {run.id}
-        assert queries.succeed_many(conn, "w", [queries.Success(run.id, run.attempt, "null")]) == {run.id}
-    assert fetch_run(roles, run_id).status == RunStatus.SUCCEEDED
+def test_an_enqueued_id_must_come_from_the_sequence(secured: Secured) -> None:
+    """An id beyond the sequence is refused, so the next ordinary insert still gets a free id."""
+    with secured.connect("enqueuer") as conn:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="currval"):
+            conn.execute("INSERT INTO runs (id, pipeline) VALUES (1000000, 'test.noop')")
+        (taken,) = conn.execute("SELECT nextval('runs_id_seq')").fetchone()  # type: ignore[misc]
+        with pytest.raises(psycopg.errors.CheckViolation, match="not taken from its sequence"):
+            conn.execute("INSERT INTO runs (id, pipeline) VALUES (%s, 'test.noop')", (taken + 1,))
+        conn.execute("INSERT INTO runs (id, pipeline) VALUES (%s, 'test.noop')", (taken,))
+        row = conn.execute("INSERT INTO runs (pipeline) VALUES ('test.noop') RETURNING id").fetchone()
+        assert row is not None and row[0] == taken + 1
 
 
-def test_the_enqueuer_role_cannot_claim_runs(roles: Engine) -> None:
-    with pytest.raises(ProgrammingError, match="permission denied"), roles.begin() as conn:
-        conn.execute(text("SET LOCAL ROLE orbit_enqueuer"))
-        enqueue("test.noop", {}, connection=conn)
-        queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
+def test_the_enqueuer_role_cannot_claim_runs(secured: Secured) -> None:
+    """The claim (an UPDATE of status) is refused to the enqueuer."""
+    engine = make_engine(secured.urls["enqueuer"])
+    try:
+        with pytest.raises(ProgrammingError, match="permission denied"), engine.begin() as conn:
+            enqueue("test.noop", {}, connection=conn)
+            queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
+    finally:
+        engine.dispose()
 
 
 def test_no_password_or_params_in_any_log(
