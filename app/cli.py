@@ -2,7 +2,8 @@
 
 Exit status: 0 success, 1 an operational failure (database unreachable, run not found, or, for
 ``check-interrupted``, interrupted runs found), 2 bad input (unknown pipeline, bad params JSON,
-a bad setting or flag). ``orbit health`` is the exception: 0 healthy, 1 warning, 2 error.
+a bad setting or flag, a resume a live run's key stands in the way of). ``orbit health`` is the
+exception: 0 healthy, 1 warning, 2 error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from app.settings import Settings, load_settings_or_exit
 from app.states import RunStatus
 from app.stats import build_report
 
+# A LIMIT past bigint fails in the database; a million rows is more than a terminal shows.
+MAX_LIMIT = 1_000_000
+
 
 class UsageError(Exception):
     """Bad input: exit status 2."""
@@ -44,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (UsageError, EnqueueError, RegistryError) as exc:
+    except (UsageError, EnqueueError, RegistryError, recovery.KeyHeld) as exc:
         print(f"orbit: {exc}", file=sys.stderr)
         return 2
     except (Failed, DatabaseError, recovery.ResumeError) as exc:
@@ -360,9 +364,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    rows = _transaction(
-        lambda conn: queries.list_runs(conn, status=args.status, pipeline=args.pipeline, limit=args.limit)
-    )
+    if args.limit > MAX_LIMIT:
+        raise UsageError(f"--limit must be at most {MAX_LIMIT}, not {args.limit}")
+    like = None if args.pipeline is None else _like(args.pipeline)
+    rows = _transaction(lambda conn: queries.list_runs(conn, status=args.status, like=like, limit=args.limit))
     records = [dict(row._mapping) for row in rows]
     if args.json:
         _print_json(records)

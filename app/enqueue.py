@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.database import Database, KeptConnection
 
 MAX_PARAMS_BYTES = 1024 * 1024
+MAX_KEY_LENGTH = 500
 
 
 class EnqueueError(ValueError):
@@ -130,8 +131,10 @@ def new_run(
     _check_pipeline(pipeline)
     params, encoded = _checked_params(params)
     _check_priority(priority)
-    if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
-        raise EnqueueError(f"max_attempts must be at least 1, not {max_attempts!r}")
+    problem = None if max_attempts is None else registry.attempts_problem(max_attempts)
+    if problem:
+        raise EnqueueError(f"max_attempts {problem}")
+    _check_key(key)
     return NewRun(
         pipeline,
         params,  # already encoded, above: later changes to the caller's dict change nothing
@@ -161,6 +164,8 @@ def _new_runs(runs: Iterable[tuple[str, Mapping[str, Any] | None]], priority: in
 
 
 def _check_pipeline(pipeline: str) -> None:
+    if not isinstance(pipeline, str):
+        raise EnqueueError(f"pipeline must be a name, not {pipeline!r}")
     if not registry.all_pipelines():
         registry.discover(_extra_modules())
     try:
@@ -183,6 +188,20 @@ def _check_priority(priority: int) -> None:
         raise EnqueueError(f"priority must be a whole number, not {priority!r}")
 
 
+def _check_key(key: str | None) -> None:
+    if key is None:
+        return
+    # The key is in a unique index, whose entries must fit an index page (2,704 bytes).
+    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+        raise EnqueueError(f"key must be text of at most {MAX_KEY_LENGTH} characters, not {key!r:.80}")
+    if "\x00" in key:
+        raise EnqueueError("key cannot hold a NUL character (PostgreSQL text cannot store it)")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise EnqueueError(f"key is not valid text (a lone surrogate): {key!r:.80}") from None
+
+
 def _check_json(params: Mapping[str, Any]) -> str:
     """The params as JSON text, checked: encoded once, here, and stored as they are."""
     try:
@@ -202,8 +221,8 @@ def _seconds(name: str, value: float | str | timedelta | None, *, allow_zero: bo
         return 0.0
     try:
         seconds = parse_duration(value, bare_unit="s").total_seconds()
-    except ValueError:
-        raise EnqueueError(f"{name} must be seconds or a duration such as 30s, not {value!r}") from None
+    except ValueError as exc:
+        raise EnqueueError(f"{name} must be seconds or {exc}, not {value!r}") from None
     if not math.isfinite(seconds) or (seconds <= 0 and not allow_zero):
         raise EnqueueError(f"{name} must be greater than zero, not {value!r}")
     return seconds

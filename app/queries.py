@@ -667,8 +667,8 @@ def run_steps(conn: Connection, run_id: int) -> list[Row[Any]]:
     return list(conn.execute(_RUN_STEPS, {"id": run_id}))
 
 
-def list_runs(conn: Connection, *, status: str | None, pipeline: str | None, limit: int) -> list[Row[Any]]:
-    like = None if pipeline is None else pipeline.replace("*", "%").replace("?", "_")
+def list_runs(conn: Connection, *, status: str | None, like: str | None, limit: int) -> list[Row[Any]]:
+    """The newest runs; ``like``: a LIKE pattern of their pipeline (see operations.glob_to_like)."""
     return list(conn.execute(_LIST_RUNS, {"status": status, "pipeline": like, "limit": limit}))
 
 

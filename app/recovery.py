@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Row, text
+from sqlalchemy.exc import IntegrityError
 
 from app import queries
 from app.states import RESUMABLE, RunStatus
@@ -27,6 +28,10 @@ LEADER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
 
 class ResumeError(Exception):
     """A run cannot be resumed; the message is one line for the user."""
+
+
+class KeyHeld(ResumeError):
+    """A finished run cannot be resumed: a live run holds its key now."""
 
 
 def recover_interrupted(conn: Connection, stale_after: timedelta) -> list[Row[Any]]:
@@ -49,16 +54,29 @@ def resume(conn: Connection, run_id: int, stale_after: timedelta) -> Row[Any]:
     rows = queries.recover(conn, stale_after, only_id=run_id)
     if rows:
         return rows[0]
-    row = queries.resume_finished(conn, run_id)
+    current = queries.get_run(conn, run_id)
+    try:
+        row = queries.resume_finished(conn, run_id)
+    except IntegrityError as exc:
+        # A key is unique among live runs, and a run with it was enqueued since this one finished.
+        if current is None or current.key is None or _constraint(exc) != "runs_key_idx":
+            raise
+        raise KeyHeld(
+            f"run {run_id} cannot resume: a pending or running run holds its key {current.key!r}"
+        ) from None
     if row is not None:
         return row
-    current = queries.get_run(conn, run_id)
     if current is None:
         raise ResumeError(f"run {run_id} does not exist")
     if current.status == RunStatus.RUNNING:
         raise ResumeError(f"run {run_id} is running and its worker is alive: nothing to resume")
     resumable = ", ".join(sorted(RESUMABLE))
     raise ResumeError(f"run {run_id} is {current.status}: only interrupted, {resumable} runs resume")
+
+
+def _constraint(exc: IntegrityError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
 
 
 @dataclass

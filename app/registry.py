@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 PipelineFn = Callable[["Context", dict[str, Any]], Any]
 
 DEFAULT_MAX_ATTEMPTS = 3
+# Past a thousand attempts a run is better served by Snooze; the bound also keeps the retry
+# backoff (base * 2^attempt) a finite number.
+MAX_ATTEMPTS = 1000
 
 
 class RegistryError(Exception):
@@ -55,13 +58,12 @@ def pipeline(
     is a cron expression (``"0 6 * * *"``) read in ``schedule_tz``; slots missed while no worker
     ran are skipped unless ``backfill``.
     """
-    if not name or len(name) > 200:
+    if not isinstance(name, str) or not name or len(name) > 200:
         raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
-    if max_attempts < 1:
-        raise RegistryError(f"pipeline {name}: max_attempts must be at least 1")
-    limit = None if timeout is None else parse_duration(timeout, bare_unit="s")
-    if limit is not None and limit <= timedelta(0):
-        raise RegistryError(f"pipeline {name}: timeout must be greater than zero")
+    problem = attempts_problem(max_attempts)
+    if problem:
+        raise RegistryError(f"pipeline {name}: max_attempts {problem}")
+    limit = None if timeout is None else _timeout(name, timeout)
     if schedule is not None:
         check_schedule(name, schedule, schedule_tz)
 
@@ -74,6 +76,25 @@ def pipeline(
         return fn
 
     return register
+
+
+def attempts_problem(max_attempts: object) -> str | None:
+    """What is wrong with ``max_attempts`` (None: nothing), for a message naming where it came from."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        return f"must be a whole number, not {max_attempts!r}"
+    if not 1 <= max_attempts <= MAX_ATTEMPTS:
+        return f"must be 1 to {MAX_ATTEMPTS}, not {max_attempts!r}"
+    return None
+
+
+def _timeout(name: str, timeout: float | str) -> timedelta:
+    try:
+        limit = parse_duration(timeout, bare_unit="s")
+    except ValueError as exc:
+        raise RegistryError(f"pipeline {name}: timeout {timeout!r}: expected {exc}") from None
+    if limit <= timedelta(0):
+        raise RegistryError(f"pipeline {name}: timeout must be greater than zero")
+    return limit
 
 
 def check_schedule(name: str, schedule: str, tz: str) -> None:
@@ -109,9 +130,16 @@ def discover(extra_modules: Iterable[str] = ()) -> dict[str, Pipeline]:
     for module in [*names, *extra_modules]:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise RegistryError(f"cannot import pipeline module {module!r}: {exc}") from None
+        except (ImportError, RegistryError) as exc:
+            raise RegistryError(f"cannot import pipeline module {module!r}: {_one_line(exc)}") from None
+        except Exception as exc:  # the module's own code failed (a SyntaxError included)
+            message = f"{type(exc).__name__}: {_one_line(exc)}"
+            raise RegistryError(f"cannot import pipeline module {module!r}: {message}") from None
     return all_pipelines()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def describe(fn: PipelineFn) -> str:
