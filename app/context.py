@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -14,6 +15,7 @@ from app import queries
 from app.database import Database
 from app.errors import LeaseLost, StepError
 from app.queries import ClaimedRun
+from app.storable import storable, storable_json
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,7 +52,8 @@ class Context:
 
     ``ctx.step(name, fn, *args, **kwargs)`` runs ``fn`` once per run: its JSON return value is
     checkpointed before the next step starts, and a retried or resumed run gets the stored value
-    back instead of running ``fn`` again.
+    back instead of running ``fn`` again. Every attempt gets the value as stored, the JSON round
+    trip of what ``fn`` returned (keys are strings, tuples lists, NUL and lone surrogates U+FFFD).
     """
 
     def __init__(self, run: ClaimedRun, runtime: ChildRuntime, params: dict[str, Any]) -> None:
@@ -82,7 +85,7 @@ class Context:
             raise LeaseLost(f"run {self.run_id} is no longer owned by worker {self.worker_id}")
 
     def step(self, name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` as the durable step ``name`` and return its value."""
+        """Run ``fn(*args, **kwargs)`` as the durable step ``name`` and return its value as stored."""
         if name in self._steps_seen:
             raise StepError(f"step {name!r} is used twice in run {self.run_id}: names must be unique")
         position = len(self._steps_seen)
@@ -96,16 +99,21 @@ class Context:
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
-            self._save(name, position, started, status="failed", error=f"{type(exc).__name__}: {exc}")
+            error = storable(f"{type(exc).__name__}: {exc}")
+            self._save(name, position, started, status="failed", error=error)
             raise
         try:
-            queries.to_json(value)
-        except (TypeError, ValueError) as exc:
-            error = f"step {name!r} returned a value that is not JSON: {exc}"
+            stored = storable_json(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            error = storable(f"step {name!r} returned a value that is not JSON: {exc}")
             self._save(name, position, started, status="failed", error=error)
             raise StepError(error) from exc
-        self._save(name, position, started, status="succeeded", output=value)
-        return value
+        # Every attempt gets the value as stored, its JSON round trip: a retry can only get that
+        # one, and code that works on the first attempt must work on the next (a key 1 read
+        # back as "1", a tuple as a list). Refusing such values instead would refuse every tuple.
+        output = json.loads(stored)
+        self._save(name, position, started, status="succeeded", output=output)
+        return output  # type: ignore[no-any-return]
 
     def _save(self, name: str, position: int, started: float, **values: Any) -> None:
         values.setdefault("output", None)

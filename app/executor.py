@@ -17,6 +17,7 @@ worker (see app.time_limits), so they hold while the worker's loop waits on the 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -107,6 +108,10 @@ class ExecutorPool:
     def start(self) -> None:
         self._slots = [self._spawn(index) for index in range(self.size)]
         self._limits.start()
+        # At exit multiprocessing sends its children SIGTERM, which these ignore, then waits for
+        # them without a limit: a worker ended by an error it did not expect would never exit.
+        # Registered after multiprocessing's own handler, this one runs first.
+        atexit.register(self.close)
 
     def _spawn(self, index: int) -> _Slot:
         parent, child = _MP.Pipe()
@@ -304,6 +309,7 @@ class ExecutorPool:
         return outcome
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         self._limits.stop()
         for slot in self._slots:
             if not slot.runs:
@@ -394,7 +400,7 @@ def _receive(conn: Connection) -> Iterator[ClaimedRun]:
 
 def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[str | None, Failure | None]:
     from app.context import Context
-    from app.queries import to_json
+    from app.storable import storable_json
 
     pipeline = pipelines.get(run.pipeline)
     if pipeline is None:
@@ -418,9 +424,12 @@ def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[
     finally:
         runtime.reset()
     try:
-        return to_json(result), None
-    except (TypeError, ValueError) as exc:
-        message = f"the pipeline returned a value that is not JSON: {exc}"
+        return storable_json(result), None
+    except (TypeError, ValueError, RecursionError) as exc:
+        # A RecursionError (a value that contains itself, or nested past the interpreter's limit)
+        # fails the same way on every attempt: the run fails now, with the reason.
+        reason = "it contains itself or is nested too deeply" if isinstance(exc, RecursionError) else exc
+        message = f"the pipeline returned a value that is not JSON: {reason}"
         return None, Failure(ErrorKind.INVALID, "ResultNotJSON", message, fail_now=True)
 
 

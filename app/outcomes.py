@@ -9,6 +9,7 @@ from typing import Any
 
 from app.queries import ClaimedRun, Transition
 from app.states import ErrorKind, RunStatus
+from app.storable import storable
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,9 @@ class Backoff:
     cap: timedelta
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        exponential = self.base.total_seconds() * (2 ** max(attempt - 1, 0))
+        # The exponent is capped: past 2^1023 the int cannot become a float (OverflowError), and
+        # runs written before max_attempts was bounded may have thousands of attempts.
+        exponential = self.base.total_seconds() * (2 ** min(max(attempt - 1, 0), 64))
         bounded = min(exponential, self.cap.total_seconds())
         # "Equal jitter": never less than half the computed delay, so retries still back off.
         return float(bounded * (0.5 + 0.5 * (rng or random).random()))
@@ -35,6 +38,12 @@ class Failure:
     traceback: str = ""
     fail_now: bool = False
     snooze: float | None = None
+
+    def __post_init__(self) -> None:
+        # The text comes from pipeline code and ends up in the database: made storable here, where
+        # every failure is built, it can never make the write of a batch of outcomes fail.
+        for name in ("type", "message", "traceback"):
+            object.__setattr__(self, name, storable(getattr(self, name)))
 
     def entry(self, attempt: int) -> dict[str, Any]:
         return {

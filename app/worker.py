@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import __version__, arguments, health, logs, queries, registration
+from app import __version__, arguments, health, logs, queries
 from app.batching import FlushPolicy, Pace
 from app.database import (
     Database,
@@ -43,14 +43,13 @@ from app.database import (
     resolve,
 )
 from app.deadlines import DEADLINES
-from app.executor import ChildConfig, ExecutorPool, Outcome
+from app.executor import ChildConfig, ExecutorError, ExecutorPool, Outcome
 from app.http_server import HttpServer, HttpServerError
 from app.metrics import QueueCollector, Throttle, WorkerMetrics
 from app.notifier import Notifier
 from app.outcomes import Backoff, Failure, release, transition_for
 from app.queries import ClaimedRun, Success, Transition
 from app.recovery import Rescuer
-from app.registration import Registration, WorkerIdInUse
 from app.registry import Pipeline, RegistryError, discover
 from app.schedules import Scheduler
 from app.settings import Settings, load_settings_or_exit
@@ -219,26 +218,21 @@ class Worker:
         return restore
 
     def _register(self) -> None:
-        """Register this process; WorkerIdInUse when a live process holds its worker id."""
-        me, stale_after = self._registration(), self.settings.stale_after
-
         def register(conn: Connection) -> bool:
-            registration.register(conn, me, stale_after)
+            queries.register_worker(
+                conn,
+                id=self.options.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.options.concurrency,
+                pipeline_filter=self.options.pipeline_filter,
+                pipelines=sorted(self.defaults),
+                version=self.version,
+            )
             return True
 
         while self._db(register) is None and not self.stopping:
             self._sleep(self._db_retry_at - time.monotonic())
-
-    def _registration(self) -> Registration:
-        return Registration(
-            id=self.options.worker_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            concurrency=self.options.concurrency,
-            pipeline_filter=self.options.pipeline_filter,
-            pipelines=sorted(self.defaults),
-            version=self.version,
-        )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -385,7 +379,7 @@ class Worker:
             self._beat()
         if self._rescue.ready(now) and not self.stopping:
             recovered = self._db(self.rescuer.run_once)
-            self.metrics.runs_recovered(row.pipeline for row in recovered or [])
+            self.metrics.recovered.inc(recovered or 0)
             self._prune()
             self._db(self.scheduler.run_once)
         if self._report.ready(now):
@@ -535,6 +529,9 @@ class Worker:
             self._db_retry_at = now + delay
             self.log.error("Database error; will retry", error=_one_line(exc), retry_in_s=round(delay, 2))
             return None
+        except BaseException:
+            self._conn.drop()  # closing it ends what it began: no transaction left holding locks
+            raise
         if self._db_failures:
             self.log.info("Database is reachable again", after_failures=self._db_failures)
         self._db_failures = 0
@@ -583,6 +580,19 @@ class Worker:
         wait([self._wake_r], max(0.0, seconds))
 
     def _finish(self) -> None:
+        try:
+            self._write_last()
+        except Exception as exc:  # the error that ended the loop, met again: the executors still go
+            self.log.error(
+                "Outcomes could not be written", error=_one_line(exc), run_ids=sorted(self._unwritten)
+            )
+        finally:
+            self.pool.close()
+            self._conn.drop()
+            self.engine.dispose()
+        self.log.info("Worker stopped", **self.stats.report())
+
+    def _write_last(self) -> None:
         deadline = time.monotonic() + 10
         while (self._successes or self._transitions) and time.monotonic() < deadline:
             self._flush()
@@ -590,11 +600,7 @@ class Worker:
                 self._sleep(min(1.0, self._db_retry_at - time.monotonic()))
         if self._unwritten:
             self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
-        self._db(lambda conn: registration.stop(conn, self._registration()))
-        self.pool.close()
-        self._conn.drop()
-        self.engine.dispose()
-        self.log.info("Worker stopped", **self.stats.report())
+        self._db(lambda conn: queries.stop_worker(conn, self.options.worker_id))
 
 
 def _socket(conn: Connection) -> int:
@@ -643,10 +649,20 @@ def start(args: argparse.Namespace) -> int:
     )
     try:
         return build(settings, burst=args.burst).run()
-    except (RegistryError, HttpServerError, WorkerIdInUse) as exc:
+    except (RegistryError, HttpServerError) as exc:
         return _refuse(exc, status=2)
-    except DatabaseError as exc:
+    except (DatabaseError, ExecutorError) as exc:
         return _refuse(exc, status=1)
+    except Exception as exc:
+        # Whatever the loop does not handle ends the worker, for its supervisor to start it again
+        # (its runs are rescued once its heartbeat stops): retrying the same turn would only fail
+        # again, holding its runs.
+        log.critical("Worker stopped by an unexpected error", exc_info=True)
+        print(
+            f"orbit: worker stopped by an unexpected error: {type(exc).__name__}: {_one_line(exc)}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _refuse(exc: Exception, *, status: int) -> int:

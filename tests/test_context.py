@@ -10,6 +10,7 @@ from app import enqueue, queries, recovery
 from app.settings import Settings
 from app.states import RunStatus
 from tests.conftest import executions, fetch_run
+from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, run_burst
 
 
@@ -60,3 +61,35 @@ def test_ctx_heartbeat_records_that_the_run_is_alive(
     run = fetch_run(engine, run_id)
     assert run.status == RunStatus.SUCCEEDED
     assert (run.heartbeat_at - run.started_at).total_seconds() >= 0.3
+
+
+def test_a_step_returns_the_same_value_on_every_attempt(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A step's value is its JSON round trip on the first attempt as on a retry: keys text, tuples lists."""
+    with engine.begin() as conn:
+        run_id = enqueue("test.step_value", {}, connection=conn)
+    settings = make_settings(RETRY_BACKOFF_BASE="1ms", RETRY_BACKOFF_MAX="1ms")
+    # A burst worker may end before the retry is due: another one runs it.
+    wait_until(lambda: run_burst(settings) == 0 and fetch_run(engine, run_id).status == RunStatus.SUCCEEDED)
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.attempt) == (RunStatus.SUCCEEDED, 2)
+    seen = {"1": "one", "pair": [1, 2]}
+    assert [e.note for e in executions(engine)] == [repr(seen), repr(seen)]
+    assert run.result == seen
+
+
+def test_a_step_error_or_output_postgres_cannot_store_is_stored_visibly_replaced(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A NUL in a step's error or output is stored, and returned, as U+FFFD."""
+    with engine.begin() as conn:
+        failing = enqueue("test.unstorable_step", {}, connection=conn)
+        output = enqueue("test.unstorable_step", {"how": "output"}, connection=conn)
+    run_burst(make_settings())
+    run = fetch_run(engine, failing)
+    assert (run.status, run.error) == (RunStatus.FAILED, "ValueError: a\ufffdb")
+    assert _steps(engine, failing) == {"make": ("failed", 1, "ValueError: a\ufffdb")}
+    run = fetch_run(engine, output)
+    assert (run.status, run.result) == (RunStatus.SUCCEEDED, "a\ufffdb")
+    assert _steps(engine, output) == {"make": ("succeeded", 1, None)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import enqueue, enqueue_many, queries
 from app.outcomes import release
+from app.queries import Transition
 from app.settings import Settings
 from app.states import RunStatus
 from app.worker import build
@@ -421,3 +423,59 @@ def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
         run = fetch_run(engine, run_id)
         assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
     worker.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [("nul", "ValueError: a\ufffdb"), ("surrogate", "FileNotFoundError: cannot open report-\ufffd.csv")],
+)
+def test_an_error_postgres_cannot_store_is_stored_visibly_replaced(
+    engine: Engine, make_settings: Callable[..., Settings], how: str, error: str
+) -> None:
+    """A NUL or an undecodable file name in an error fails its run with U+FFFD in their place."""
+    bad = _enqueue(engine, "test.unstorable_error", {"how": how})
+    later = _enqueue(engine, "test.noop")
+    assert run_burst(make_settings(WORKER_CONCURRENCY=1)) == 0
+    run = fetch_run(engine, bad)
+    assert (run.status, run.error) == (RunStatus.FAILED, error)
+    assert error.split(": ", 1)[1] in run.errors[0]["traceback"]
+    assert fetch_run(engine, later).status == RunStatus.SUCCEEDED
+
+
+def test_a_result_postgres_cannot_store_is_stored_visibly_replaced(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A NUL and a lone surrogate in a result, key and value, are stored as U+FFFD."""
+    run_id = _enqueue(engine, "test.unstorable_result")
+    run_burst(make_settings())
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.result) == (RunStatus.SUCCEEDED, {"a\ufffdb": "report-\ufffd.csv"})
+
+
+@pytest.mark.parametrize("how", ["cyclic", "deep"])
+def test_a_result_that_contains_itself_or_is_too_deep_fails_at_once(
+    engine: Engine, make_settings: Callable[..., Settings], how: str
+) -> None:
+    """Such a result fails its run on the first attempt with the reason, not as a crash retried."""
+    run_id = _enqueue(engine, "test.cyclic_result", {"how": how})
+    run_burst(make_settings())
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.attempt, error_kinds(run)) == (RunStatus.FAILED, 1, ["invalid"])
+    assert "not JSON: it contains itself or is nested too deeply" in run.error
+
+
+def test_an_error_the_loop_does_not_handle_ends_the_worker_and_its_executors(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """An outcome that cannot be written ends the worker: executors gone, no transaction left open."""
+    run_id = _enqueue(engine, "test.noop")
+    worker = build(make_settings(), burst=True)
+    worker._transitions.append(Transition(run_id, 1, RunStatus.FAILED, entry={"at": object()}))
+    with pytest.raises(TypeError):
+        worker.run()
+    assert multiprocessing.active_children() == []
+    with engine.connect() as conn:
+        open_transactions = conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'")
+        ).scalar_one()
+    assert open_transactions == 0

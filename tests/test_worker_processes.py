@@ -15,7 +15,7 @@ from app import enqueue, enqueue_many
 from app.states import RunStatus
 from tests.conftest import ROOT, executions, fetch_run
 from tests.support.waiting import wait_until
-from tests.support.workers import process_alive
+from tests.support.workers import process_alive, stderr_of
 
 N_RUNS = 5000
 
@@ -146,3 +146,39 @@ def test_a_signal_to_the_whole_process_group_is_still_a_graceful_stop(
     run = fetch_run(engine, slow)
     assert run.status == RunStatus.SUCCEEDED
     assert run.result in ("finished", "stopped early")
+
+
+def test_an_error_with_a_nul_byte_fails_its_run_and_the_worker_goes_on(
+    engine: Engine, spawn_worker: Spawn
+) -> None:
+    """A NUL byte in an error is stored visibly replaced; the worker neither crashes nor hangs."""
+    with engine.begin() as conn:
+        bad = enqueue("test.unstorable_error", {}, connection=conn)
+        later = enqueue("test.noop", {}, connection=conn)
+    worker = spawn_worker("--burst", "--concurrency", "1")
+    assert _exit_code(worker) == 0
+    run = fetch_run(engine, bad)
+    assert run.status == RunStatus.FAILED
+    assert run.error == "ValueError: a\ufffdb"
+    assert run.errors[0]["message"] == "a\ufffdb"
+    assert fetch_run(engine, later).status == RunStatus.SUCCEEDED
+
+
+def test_an_executor_that_cannot_start_again_ends_the_worker_with_one_line(
+    engine: Engine, spawn_worker: Spawn, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    """A pipeline module broken after start: the executor started to replace a crashed one fails
+    to import it, and the worker exits 1 at once, saying why in one line."""
+    fragile = tmp_path / "fragile_pipelines.py"
+    fragile.write_text("")
+    with engine.begin() as conn:
+        run_id = enqueue("test.break_module", {"path": str(fragile)}, connection=conn)
+    env = {
+        "ORBIT_PIPELINES": f"{worker_env['ORBIT_PIPELINES']},fragile_pipelines",
+        "PYTHONPATH": f"{worker_env['PYTHONPATH']}{os.pathsep}{tmp_path}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    worker = spawn_worker("--concurrency", "1", env=env)
+    assert _exit_code(worker) == 1
+    assert "orbit: an executor process failed to start" in stderr_of(worker).splitlines()[-1]
+    assert fetch_run(engine, run_id).status == RunStatus.FAILED

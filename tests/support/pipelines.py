@@ -263,3 +263,61 @@ def nap(ctx: Context, params: dict[str, Any]) -> None:
     if params.get("path"):
         Path(params["path"]).touch()
     time.sleep(float(params.get("seconds", 0)))
+
+
+@pipeline("test.unstorable_error", max_attempts=1)
+def unstorable_error(ctx: Context, params: dict[str, Any]) -> None:
+    """Fails with text PostgreSQL cannot store: a NUL byte, or an undecodable file name."""
+    if params.get("how") == "surrogate":
+        name = os.fsdecode(b"report-\xff.csv")
+        raise FileNotFoundError(f"cannot open {name}")
+    raise ValueError("a\x00b")
+
+
+@pipeline("test.unstorable_result", max_attempts=1)
+def unstorable_result(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Returns text PostgreSQL cannot store, a NUL byte and a lone surrogate, key and value."""
+    return {"a\x00b": os.fsdecode(b"report-\xff.csv")}
+
+
+@pipeline("test.step_value", max_attempts=2)
+def step_value(ctx: Context, params: dict[str, Any]) -> Any:
+    """Records what its step returned as seen by each attempt; the first attempt then fails."""
+    value = ctx.step("make", lambda: {1: "one", "pair": (1, 2)})
+    record(ctx, repr(value))
+    if ctx.attempt == 1:
+        raise ConnectionError("try again")
+    return value
+
+
+@pipeline("test.cyclic_result", max_attempts=3)
+def cyclic_result(ctx: Context, params: dict[str, Any]) -> Any:
+    """Returns a list that contains itself, or one nested deeper than any encoder goes."""
+    if params.get("how") == "deep":
+        deep: list[Any] = []
+        for _ in range(100_000):
+            deep = [deep]
+        return deep
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    return cyclic
+
+
+@pipeline("test.unstorable_step", max_attempts=1)
+def unstorable_step(ctx: Context, params: dict[str, Any]) -> Any:
+    """A step that fails with a NUL byte in its message, or returns one."""
+    if params.get("how") == "output":
+        return ctx.step("make", lambda: "a\x00b")
+
+    def fail() -> None:
+        raise ValueError("a\x00b")
+
+    return ctx.step("make", fail)
+
+
+@pipeline("test.break_module", max_attempts=1)
+def break_module(ctx: Context, params: dict[str, Any]) -> None:
+    """Breaks the pipeline module at ``path`` (deployed over a running worker), then crashes its
+    executor, so that the worker starts another, which cannot import it."""
+    Path(params["path"]).write_text('raise ImportError("this module is broken")\n')
+    os._exit(3)
