@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import __version__, arguments, health, logs, queries
+from app import __version__, arguments, health, logs, queries, registration
 from app.batching import FlushPolicy, Pace
 from app.database import (
     Database,
@@ -50,6 +50,7 @@ from app.notifier import Notifier
 from app.outcomes import Backoff, Failure, release, transition_for
 from app.queries import ClaimedRun, Success, Transition
 from app.recovery import Rescuer
+from app.registration import Registration, WorkerIdInUse
 from app.registry import Pipeline, RegistryError, discover
 from app.schedules import Scheduler
 from app.settings import Settings, load_settings_or_exit
@@ -218,21 +219,26 @@ class Worker:
         return restore
 
     def _register(self) -> None:
+        """Register this process; WorkerIdInUse when a live process holds its worker id."""
+        me, stale_after = self._registration(), self.settings.stale_after
+
         def register(conn: Connection) -> bool:
-            queries.register_worker(
-                conn,
-                id=self.options.worker_id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                concurrency=self.options.concurrency,
-                pipeline_filter=self.options.pipeline_filter,
-                pipelines=sorted(self.defaults),
-                version=self.version,
-            )
+            registration.register(conn, me, stale_after)
             return True
 
         while self._db(register) is None and not self.stopping:
             self._sleep(self._db_retry_at - time.monotonic())
+
+    def _registration(self) -> Registration:
+        return Registration(
+            id=self.options.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.options.concurrency,
+            pipeline_filter=self.options.pipeline_filter,
+            pipelines=sorted(self.defaults),
+            version=self.version,
+        )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -379,7 +385,7 @@ class Worker:
             self._beat()
         if self._rescue.ready(now) and not self.stopping:
             recovered = self._db(self.rescuer.run_once)
-            self.metrics.recovered.inc(recovered or 0)
+            self.metrics.runs_recovered(row.pipeline for row in recovered or [])
             self._prune()
             self._db(self.scheduler.run_once)
         if self._report.ready(now):
@@ -600,7 +606,7 @@ class Worker:
                 self._sleep(min(1.0, self._db_retry_at - time.monotonic()))
         if self._unwritten:
             self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
-        self._db(lambda conn: queries.stop_worker(conn, self.options.worker_id))
+        self._db(lambda conn: registration.stop(conn, self._registration()))
 
 
 def _socket(conn: Connection) -> int:
@@ -649,7 +655,7 @@ def start(args: argparse.Namespace) -> int:
     )
     try:
         return build(settings, burst=args.burst).run()
-    except (RegistryError, HttpServerError) as exc:
+    except (RegistryError, HttpServerError, WorkerIdInUse) as exc:
         return _refuse(exc, status=2)
     except (DatabaseError, ExecutorError) as exc:
         return _refuse(exc, status=1)
