@@ -13,6 +13,12 @@ Children are started with ``spawn`` (never ``fork``: the worker holds threads an
 sit in their own process group, ignore SIGINT/SIGTERM (the worker decides their fate on shutdown)
 and die with their worker (``PR_SET_PDEATHSIG``). Time limits are enforced by a thread of the
 worker (see app.time_limits), so they hold while the worker's loop waits on the database.
+
+Only the child itself speaks on its pipe, and every outcome names its run and attempt: a process the
+run forks loses the pipe at the fork and, should it come back into the child's code (it returned,
+raised or called ``sys.exit``), ends there; the worker drops an outcome that is not its running
+run's. Before, such a helper's ``SystemExit`` was recorded as the run's failure, and the run's own
+result then as the next run's success.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -31,7 +38,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
+
+import structlog
 
 from app.database import Database
 from app.errors import FailNow, LeaseLost, Snooze
@@ -41,6 +50,7 @@ from app.states import ErrorKind
 from app.time_limits import Board, Kill, TimeLimits, kill_group
 
 _MP = multiprocessing.get_context("spawn")
+log = structlog.get_logger("orbit.executor")
 
 
 @dataclass(frozen=True)
@@ -179,10 +189,13 @@ class ExecutorPool:
                         self.on_log(message[1])
                 elif kind == "ready":
                     slot.ready = True
+                elif not _is_first(slot, message[1], message[2]):
+                    log.warning("Outcome of a run its executor is not running, ignored",
+                                message=kind, run_id=message[1], attempt=message[2])  # fmt: skip
                 elif kind == "returned":  # told to stop before this queued run started
                     self._give_back_first(slot)
                 else:
-                    _, result_json, failure, finished = message
+                    _, _, _, result_json, failure, finished = message
                     outcomes.append(self._finish(slot, finished, result_json=result_json, failure=failure))
                     if self._stop_doomed(index, slot):
                         return outcomes  # its child is gone; the slot has a new one
@@ -342,6 +355,11 @@ def _kill_group(process: Any) -> None:
     process.join(timeout=5)
 
 
+def _is_first(slot: _Slot, run_id: int, attempt: int) -> bool:
+    """Whether ``run_id``/``attempt`` is the run ``slot``'s child is running (or about to start)."""
+    return bool(slot.runs) and _key(slot.runs[0]) == (run_id, attempt)
+
+
 def _exit_reason(process: Any) -> str:
     code = process.exitcode
     if code is None:
@@ -358,10 +376,16 @@ def _exit_reason(process: Any) -> str:
 # --- the child side ------------------------------------------------------------------------------
 
 
+_executor_pid = 0  # in an executor process, its pid: the one process that speaks on its pipe
+
+
 def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) -> None:
     """Entry point of an executor process: run what the worker sends until told to stop."""
+    global _executor_pid
     os.setpgrp()
     _die_with_parent()
+    _executor_pid = os.getpid()
+    os.register_at_fork(after_in_child=conn.close)  # a process the run forks never holds the pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from app import context, logs, registry
@@ -369,6 +393,8 @@ def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) 
     send_lock = threading.Lock()
 
     def send(message: Any) -> None:
+        if os.getpid() != _executor_pid:  # a process the run forked, logging: never on the pipe
+            return
         with send_lock:
             conn.send(message)
 
@@ -379,12 +405,12 @@ def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) 
     send(("ready",))
     for run in _receive(conn):
         if runtime.draining:  # the worker is stopping: a run queued here goes back untouched
-            send(("returned",))
+            send(("returned", run.id, run.attempt))
             continue
         board.started(index, run.id, run.attempt, time.monotonic() + run.timeout_s)
         result_json, failure = _execute(run, pipelines, runtime)
         board.ended(index)
-        send(("done", result_json, failure, time.monotonic()))
+        send(("done", run.id, run.attempt, result_json, failure, time.monotonic()))
 
 
 def _receive(conn: Connection) -> Iterator[ClaimedRun]:
@@ -412,7 +438,7 @@ def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[
         message = f"params cannot be decoded: {exc}"
         return None, Failure(ErrorKind.INVALID, "BadParams", message, fail_now=True)
     try:
-        result = pipeline.fn(Context(run, runtime, params), params)
+        result = _call(pipeline.fn, Context(run, runtime, params), params)
     except Snooze as exc:
         return None, Failure(ErrorKind.ERROR, "Snooze", str(exc), snooze=exc.delay.total_seconds())
     except FailNow as exc:
@@ -431,6 +457,44 @@ def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[
         reason = "it contains itself or is nested too deeply" if isinstance(exc, RecursionError) else exc
         message = f"the pipeline returned a value that is not JSON: {reason}"
         return None, Failure(ErrorKind.INVALID, "ResultNotJSON", message, fail_now=True)
+
+
+def _call(fn: Callable[[Any, Any], Any], ctx: Any, params: Any) -> Any:
+    """The pipeline's code. A process it forked that comes back here (it returned, raised or
+    called ``sys.exit``) ends now, as a program of its own would, and never reaches the code that
+    writes the board and sends outcomes."""
+    try:
+        result = fn(ctx, params)
+    except BaseException as exc:
+        if os.getpid() != _executor_pid:
+            _end_fork(exc)
+        raise
+    if os.getpid() != _executor_pid:
+        _end_fork(None)
+    return result
+
+
+def _end_fork(exc: BaseException | None) -> NoReturn:
+    """Exit a forked process with the status Python gives a program that ended so."""
+    status = 0
+    if isinstance(exc, SystemExit):
+        status = _exit_status(exc.code)
+    elif exc is not None:
+        traceback.print_exception(exc)
+        status = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _failure(exc: BaseException, *, fail_now: bool) -> Failure:

@@ -135,3 +135,30 @@ def test_a_queued_run_stopped_while_it_waits_is_killed_as_it_starts(
     assert outcome.run == head and outcome.failure is None
     _drive(pool, lambda o: pool.free == 1)
     assert pool.busy == [] and pool.returned == []
+
+
+@pytest.mark.parametrize(("how", "status"), [("exit", 3), ("raise", 1), ("return", 0)])
+def test_a_process_the_run_forks_never_speaks_for_it(pool: ExecutorPool, how: str, status: int) -> None:
+    """A helper the run forks that calls sys.exit, raises or returns ends there with the status a
+    program would have; the run gets its own result, and the next run its own."""
+    run = _run("test.fork_helper", how=how)
+    pool.submit(run)
+    (outcome,) = _drive(pool, lambda o: len(o) == 1)
+    assert (outcome.run, outcome.failure) == (run, None)
+    assert json.loads(outcome.result_json or "null") == {"from": "the run", "helper_status": status}
+    after = _run("test.echo", n=1)
+    pool.submit(after)
+    (outcome,) = _drive(pool, lambda o: len(o) == 1)
+    assert (outcome.run, outcome.failure) == (after, None)
+    assert json.loads(outcome.result_json or "null") == {"n": 1}
+
+
+def test_an_outcome_naming_another_run_or_attempt_is_ignored(pool: ExecutorPool) -> None:
+    """Outcomes name their run and attempt: one for another run, or for another attempt of the
+    running one, never ends the running run."""
+    run = _run("test.forge_outcomes")
+    pool.submit(run)
+    (outcome,) = _drive(pool, lambda o: len(o) == 1)
+    assert (outcome.run, outcome.failure, outcome.result_json) == (run, None, '"its own"')
+    _drive(pool, lambda o: pool.free == 1)
+    assert pool.busy == [] and pool.returned == []

@@ -321,3 +321,33 @@ def break_module(ctx: Context, params: dict[str, Any]) -> None:
     executor, so that the worker starts another, which cannot import it."""
     Path(params["path"]).write_text('raise ImportError("this module is broken")\n')
     os._exit(3)
+
+
+@pipeline("test.fork_helper", max_attempts=1)
+def fork_helper(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Forks a helper that ends as ``how`` says (``exit``: sys.exit(3), ``raise``, ``return``) and
+    waits for it; returns the helper's exit status."""
+    helper = os.fork()
+    if helper == 0:
+        how = params.get("how", "exit")
+        if how == "exit":
+            sys.exit(3)
+        if how == "raise":
+            raise RuntimeError("the helper failed")
+        return {"from": "the helper"}
+    _, status = os.waitpid(helper, 0)
+    return {"from": "the run", "helper_status": os.waitstatus_to_exitcode(status)}
+
+
+@pipeline("test.forge_outcomes", max_attempts=1)
+def forge_outcomes(ctx: Context, params: dict[str, Any]) -> str:
+    """Sends on its executor's pipe the outcomes of another run and of another attempt of this
+    one, as a second process speaking on the pipe would; only its own return may count."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    (pipe,) = [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed and o.writable]
+    pipe.send(("done", ctx.run_id + 1, ctx.attempt, '"forged"', None, time.monotonic()))
+    pipe.send(("done", ctx.run_id, ctx.attempt + 1, '"forged"', None, time.monotonic()))
+    return "its own"
+
