@@ -10,9 +10,11 @@ outcome back) costs 83-103 µs on a quiet 2-core machine, 140-160 µs on a loade
 docs/performance.md.
 
 Children are started with ``spawn`` (never ``fork``: the worker holds threads and connections),
-sit in their own process group, ignore SIGINT/SIGTERM (the worker decides their fate on shutdown)
-and die with their worker (``PR_SET_PDEATHSIG``). Time limits are enforced by a thread of the
-worker (see app.time_limits), so they hold while the worker's loop waits on the database.
+sit in their own process group (so a signal to the worker's group, Ctrl-C or supervisord's
+``stopasgroup``, does not reach them: the worker decides their fate on shutdown) and die with their
+worker (``PR_SET_PDEATHSIG``); what their runs started dies with the worker too (app.reaper). Time
+limits are enforced by a thread of the worker (see app.time_limits), so they hold while the
+worker's loop waits on the database.
 
 Only the child itself speaks on its pipe, and every outcome names its run and attempt: a process the
 run forks loses the pipe at the fork and, should it come back into the child's code (it returned,
@@ -37,7 +39,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, NoReturn
 
 import structlog
@@ -46,6 +48,7 @@ from app.database import Database
 from app.errors import FailNow, LeaseLost, Snooze
 from app.outcomes import Failure
 from app.queries import ClaimedRun
+from app.reaper import Reaper
 from app.states import ErrorKind
 from app.time_limits import Board, Kill, TimeLimits, kill_group
 
@@ -114,8 +117,10 @@ class ExecutorPool:
         self._board = Board(self.size, _MP)
         self._lock = threading.Lock()
         self._limits = TimeLimits(self._board, self._lock, lambda: self.on_kill())
+        self._reaper = Reaper()
 
     def start(self) -> None:
+        self._reaper.start()
         self._slots = [self._spawn(index) for index in range(self.size)]
         self._limits.start()
         # At exit multiprocessing sends its children SIGTERM, which these ignore, then waits for
@@ -127,6 +132,7 @@ class ExecutorPool:
         parent, child = _MP.Pipe()
         process = _MP.Process(target=child_main, args=(child, self.config, self._board, index), daemon=True)
         process.start()
+        self._reaper.watch(process.pid or 0)
         child.close()
         return _Slot(process, parent)
 
@@ -207,8 +213,7 @@ class ExecutorPool:
         """The child of ``slot`` died: reap it, end its run (a timeout when the time-limit thread
         killed it for that run, else a crash), give its queued run back, start another child."""
         kill = self._forget(index, slot)
-        slot.process.join(timeout=5)
-        slot.conn.close()
+        self._retire(slot)  # what its run started ends with it
         reason = _exit_reason(slot.process)
         self._slots[index] = self._spawn(index)
         if not slot.runs:
@@ -314,12 +319,20 @@ class ExecutorPool:
         kill = self._forget(index, slot)
         if kill is not None and slot.runs and (kill.run_id, kill.attempt) == _key(slot.runs[0]):
             failure = _timeout(slot.runs[0])  # the time limit came first
-        _kill_group(slot.process)
+        self._retire(slot)
         outcome = self._finish(slot, time.monotonic(), failure=failure)
         self._give_back(slot)
-        slot.conn.close()
         self._slots[index] = self._spawn(index)
         return outcome
+
+    def _retire(self, slot: _Slot) -> None:
+        """SIGKILL the child's process group (the child and anything its runs started, a crashed
+        child's leftovers included), reap the child, and have the reaper forget the group. The
+        group is killed before the child is reaped, so its number cannot belong to another."""
+        kill_group(slot.process.pid)
+        slot.process.join(timeout=5)
+        self._reaper.forget(slot.process.pid)
+        slot.conn.close()
 
     def close(self) -> None:
         atexit.unregister(self.close)
@@ -328,13 +341,17 @@ class ExecutorPool:
             if not slot.runs:
                 with contextlib.suppress(OSError):
                     slot.conn.send(None)
+        # Idle children exit on their own (and close their connections cleanly) first; then each
+        # group is killed, whatever a run left running in it, and the child reaped.
         deadline = time.monotonic() + 2
+        running = [slot.process.sentinel for slot in self._slots]
+        while running and time.monotonic() < deadline:
+            ended = wait(running, max(0.0, deadline - time.monotonic()))
+            running = [sentinel for sentinel in running if sentinel not in ended]
         for slot in self._slots:
-            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():
-                _kill_group(slot.process)
-            slot.conn.close()
+            self._retire(slot)
         self._slots = []
+        self._reaper.stop()
 
 
 class ExecutorError(Exception):
@@ -347,12 +364,6 @@ def _timeout(run: ClaimedRun) -> Failure:
 
 def _key(run: ClaimedRun) -> tuple[int, int]:
     return run.id, run.attempt
-
-
-def _kill_group(process: Any) -> None:
-    """SIGKILL the child's process group (the child and anything it spawned), and reap it."""
-    kill_group(process.pid)
-    process.join(timeout=5)
 
 
 def _is_first(slot: _Slot, run_id: int, attempt: int) -> bool:
@@ -386,8 +397,11 @@ def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) 
     _die_with_parent()
     _executor_pid = os.getpid()
     os.register_at_fork(after_in_child=conn.close)  # a process the run forks never holds the pipe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Run code, and what it starts, get SIGINT and SIGTERM at their defaults: an ignored signal
+    # stays ignored across exec, and a run's terminate() of its own subprocess did nothing. In its
+    # own process group, this process is not reached by a signal to the worker's group anyway.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from app import context, logs, registry
 
     send_lock = threading.Lock()

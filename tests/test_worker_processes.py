@@ -182,3 +182,39 @@ def test_an_executor_that_cannot_start_again_ends_the_worker_with_one_line(
     assert _exit_code(worker) == 1
     assert "orbit: an executor process failed to start" in stderr_of(worker).splitlines()[-1]
     assert fetch_run(engine, run_id).status == RunStatus.FAILED
+
+
+def _pids(path: Path, count: int) -> list[int]:
+    """The pids written to ``path``, once there are ``count`` of them."""
+    pids = [int(line) for line in path.read_text().split()] if path.exists() else []
+    return pids if len(pids) >= count else []
+
+
+def test_what_runs_started_dies_with_their_worker_even_on_kill_9(
+    engine: Engine, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """kill -9 of a worker: the processes its runs started (a running run's, and one a finished
+    run left behind) die too, instead of living on under init while the runs run elsewhere."""
+    pidfile = tmp_path / "pids"
+    with engine.begin() as conn:
+        enqueue("test.sleepers", {"pidfile": str(pidfile), "linger": True}, connection=conn)
+        enqueue("test.sleepers", {"pidfile": str(pidfile), "count": 2}, connection=conn)
+    worker = spawn_worker("--concurrency", "2")
+    pids = wait_until(lambda: _pids(pidfile, 3), what="the runs' sleep processes")
+    try:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        wait_until(lambda: not any(map(process_alive, pids)), timeout=10, what="the runs' processes to die")
+    finally:
+        for pid in filter(process_alive, pids):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_can_stop_the_process_it_started_with_sigterm(engine: Engine, spawn_worker: Spawn) -> None:
+    """What a run starts has SIGINT and SIGTERM at their defaults, so terminate() stops it."""
+    with engine.begin() as conn:
+        run_id = enqueue("test.terminate_child", {}, connection=conn)
+    worker = spawn_worker("--burst", "--concurrency", "1")
+    assert _exit_code(worker) == 0
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.result) == (RunStatus.SUCCEEDED, {"status": -signal.SIGTERM, "ignored": []})

@@ -351,3 +351,29 @@ def forge_outcomes(ctx: Context, params: dict[str, Any]) -> str:
     pipe.send(("done", ctx.run_id, ctx.attempt + 1, '"forged"', None, time.monotonic()))
     return "its own"
 
+
+@pipeline("test.sleepers", max_attempts=1)
+def sleepers(ctx: Context, params: dict[str, Any]) -> None:
+    """Starts ``count`` ``sleep`` processes and appends their pids to ``pidfile``; then sleeps,
+    or returns at once with ``linger`` (its processes outlive the run)."""
+    pids = [subprocess.Popen(["sleep", "4243"]).pid for _ in range(int(params.get("count", 1)))]
+    with open(params["pidfile"], "a") as pidfile:
+        pidfile.write("".join(f"{pid}\n" for pid in pids))
+    if not params.get("linger"):
+        time.sleep(3600)
+
+
+@pipeline("test.terminate_child", max_attempts=1)
+def terminate_child(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Starts ``sleep``, stops it with SIGTERM, and returns its exit status and the signals it ignored."""
+    child = subprocess.Popen(["sleep", "3600"])
+    try:
+        with open(f"/proc/{child.pid}/status") as status:
+            ignored = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+        child.terminate()
+        return {
+            "status": child.wait(timeout=10),
+            "ignored": [sig.name for sig in (signal.SIGINT, signal.SIGTERM) if ignored >> (sig - 1) & 1],
+        }
+    finally:
+        child.kill()
