@@ -123,9 +123,9 @@ class ExecutorPool:
         self._reaper.start()
         self._slots = [self._spawn(index) for index in range(self.size)]
         self._limits.start()
-        # At exit multiprocessing sends its children SIGTERM, which these ignore, then waits for
-        # them without a limit: a worker ended by an error it did not expect would never exit.
-        # Registered after multiprocessing's own handler, this one runs first.
+        # At exit multiprocessing sends its children SIGTERM, which run code may ignore, then
+        # waits for them without a limit: a worker ended by an error it did not expect could
+        # hang. Registered after multiprocessing's own handler, this one runs first.
         atexit.register(self.close)
 
     def _spawn(self, index: int) -> _Slot:
