@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("prune", cmd_prune, "delete finished runs past their retention (RETENTION)")
     sub.add_argument("--older-than", metavar="AGE", help="instead of RETENTION, for every status (e.g. 30d)")
     sub.add_argument("--dry-run", action="store_true", help="count what would be deleted")
+
+    sub = command("outcomes", cmd_outcomes, "apply the outcomes a worker stopped in an outage saved")
+    sub.add_argument("action", choices=["apply"])
+    sub.add_argument("file", metavar="FILE", nargs="?", help="default: every one saved in DATA_DIR")
     return parser
 
 
@@ -644,6 +648,43 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     else:
         _table(records, ["pipeline", "schedule", "tz", "backfill", "last_slot", "next_fire"])
     return 0
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    """Exit 0 when every outcome is in the database, 1 when any was refused."""
+    from pathlib import Path
+
+    from app import spool
+
+    settings = _settings()
+    paths = [Path(args.file)] if args.file else spool.files(settings.DATA_DIR)
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        try:
+            spool.load(path, path.read_text(encoding="utf-8"))  # every file checked before any write
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{path}: cannot be read: {exc}") from None
+        except spool.SpoolError as exc:
+            raise UsageError(str(exc)) from None
+    if not paths:
+        print(f"No saved outcomes in {settings.DATA_DIR}.")
+        return 0
+    engine = _engine(settings)
+    refused = 0
+    try:
+        for path in paths:
+            applied = spool.apply_file(engine, path)
+            if applied is None:
+                print(f"{path}: applied meanwhile by another process")
+            for done in applied or []:
+                print(spool.describe(done))
+                refused += done.result == "refused"
+    except spool.SpoolError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        engine.dispose()
+    return 1 if refused else 0
 
 
 def parse_seconds(value: str) -> float:

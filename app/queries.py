@@ -348,19 +348,35 @@ class Success:
     result_json: str
 
 
-_SUCCEEDED_BY = text("""
+# What a turn whose reply was lost may have written: the state its own fenced write sets, by
+# this worker, at this attempt. The rescuer's write differs (its error says "interrupted"), and so
+# does a later claim (another attempt, or another worker).
+_LANDED = text("""
     SELECT r.id FROM runs r
-    JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt) ON r.id = v.id
-    WHERE r.attempt = v.attempt AND r.status = 'succeeded' AND r.worker_id = :worker_id
+    JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+                CAST(:errors AS text[])) AS v(id, attempt, status, error) ON r.id = v.id
+    WHERE r.attempt = v.attempt AND r.status = v.status AND r.worker_id = :worker_id
+      AND r.error IS NOT DISTINCT FROM v.error
 """)
 
 
-def succeeded_by(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:
-    """Which of these successes are in the database already, written by ``worker_id`` at that
-    attempt: only that worker's fenced write can have set them."""
-    ids, attempts = [s.id for s in outcomes], [s.attempt for s in outcomes]
-    rows = conn.execute(_SUCCEEDED_BY, {"ids": ids, "attempts": attempts, "worker_id": worker_id})
-    return set(rows.scalars())
+def landed(
+    conn: Connection, worker_id: str, successes: Sequence[Success], transitions: Sequence[Transition] = ()
+) -> set[int]:
+    """Which of these outcomes are in the database already, written by ``worker_id`` for that
+    attempt: only that worker's fenced write can have left the run so."""
+    ids = [s.id for s in successes] + [t.id for t in transitions]
+    attempts = [s.attempt for s in successes] + [t.attempt - int(t.refund) for t in transitions]
+    statuses = [str(RunStatus.SUCCEEDED)] * len(successes) + [str(t.status) for t in transitions]
+    errors = [None] * len(successes) + [t.error for t in transitions]
+    params = {
+        "ids": ids,
+        "attempts": attempts,
+        "statuses": statuses,
+        "errors": errors,
+        "worker_id": worker_id,
+    }
+    return set(conn.execute(_LANDED, params).scalars())
 
 
 def succeed_many(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     RECOVERY_INTERVAL: Duration = timedelta(seconds=30)
     WORKER_RETENTION: Duration = timedelta(days=1)
     SHUTDOWN_GRACE: Duration = timedelta(seconds=30)
+    # After the grace, how long a stopping worker keeps trying to write the outcomes it holds
+    # (the database is away); what is still unwritten then is saved in DATA_DIR (see app.spool).
+    # supervisord's stopwaitsecs must exceed SHUTDOWN_GRACE + SHUTDOWN_WRITE_TIMEOUT + a few seconds.
+    SHUTDOWN_WRITE_TIMEOUT: Duration = timedelta(seconds=20)
     RETRY_BACKOFF_BASE: Duration = timedelta(seconds=2)
     RETRY_BACKOFF_MAX: Duration = timedelta(minutes=10)
 

@@ -6,8 +6,9 @@ executors' pipes and a wake-up pipe that signals and the LISTEN thread write to.
 open while a pipeline runs: each database step is its own short transaction. When runs finish
 quickly the worker claims a few ahead of its free slots (see app.batching), and outcomes are
 written in batches, together with the next claim when there is one; when the database is away
-they stay in memory and are written when it is back. A run claimed ahead is the worker's like a
-running one: its heartbeat is kept, and it is given back untouched at shutdown.
+they stay in memory and are written when it is back (a worker stopped before then saves them
+on disk, see app.spool). A run claimed ahead is the worker's like a running one: its heartbeat
+is kept, and it is given back untouched at shutdown.
 
 Run it with ``python -m app.worker`` or ``orbit worker``.
 """
@@ -32,7 +33,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import __version__, arguments, health, logs, queries, registration
+from app import __version__, arguments, health, logs, queries, registration, spool
 from app.batching import FlushPolicy, Pace
 from app.database import (
     Database,
@@ -123,7 +124,7 @@ class Worker:
         self.log = log.bind(worker_id=self.options.worker_id)
         self._successes: list[Success] = []
         self._transitions: list[Transition] = []
-        self._unwritten: dict[int, int] = {}  # run id -> attempt, outcome not yet in the database
+        self._unwritten: dict[int, ClaimedRun] = {}  # by run id: outcome not yet in the database
         self._claimed: deque[ClaimedRun] = deque()  # claimed ahead, not started yet
         self._pace = Pace(self.options.concurrency)
         self._flush_policy = FlushPolicy()
@@ -132,6 +133,8 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._signals = 0
         self._stop_deadline: float | None = None
+        self._writes_until = float("inf")  # a stopping worker's last try at writing outcomes
+        self._exit_status = 0
         self._db_failures = 0
         self._conn = KeptConnection(self.engine)  # see _db
         self._db_retry_at = 0.0
@@ -155,13 +158,15 @@ class Worker:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Work until stopped (or, with ``burst``, until nothing is runnable); returns 0."""
+        """Work until stopped (or, with ``burst``, until nothing is runnable); returns 0, or 1
+        when outcomes could not be written and were saved for later (see app.spool)."""
         if self.http is not None:
             self.http.start()
         restore_signals = self._install_signals()
         self.pool.start()
         notifier = Notifier(self.database, self.wake)
         try:
+            self._apply_spooled()
             self._register()
             notifier.start()
             self.log.info(
@@ -179,7 +184,7 @@ class Worker:
             restore_signals()
             os.close(self._wake_r)
             os.close(self._wake_w)
-        return 0
+        return self._exit_status
 
     def wake(self) -> None:
         """Poll at once (a new run was announced)."""
@@ -197,10 +202,11 @@ class Worker:
         now = time.monotonic()
         if self._signals == 1:
             self._stop_deadline = now + self.settings.SHUTDOWN_GRACE.total_seconds()
+            self._writes_until = self._stop_deadline + self.settings.SHUTDOWN_WRITE_TIMEOUT.total_seconds()
             self.pool.ask_to_stop()
             self.log.info("Shutting down: no new runs", runs_in_flight=len(self.pool.busy))
         else:
-            self._stop_deadline = now
+            self._stop_deadline = self._writes_until = now  # one last try at writing, then saved
 
     @property
     def stopping(self) -> bool:
@@ -419,7 +425,7 @@ class Worker:
                 self.stats.record(success=False, duration=outcome.duration)
                 self.metrics.attempt_ended(run.pipeline, str(transition.status), outcome.duration)
             self._log_failure(outcome.failure, transition, fields)
-        self._unwritten[run.id] = run.attempt
+        self._unwritten[run.id] = run
 
     def _log_failure(self, failure: Failure, t: Transition, fields: dict[str, Any]) -> None:
         if failure.snooze is not None:
@@ -438,6 +444,9 @@ class Worker:
     def _flush(self) -> None:
         if not (self._successes or self._transitions) or time.monotonic() < self._db_retry_at:
             return
+        self._write_outcomes()
+
+    def _write_outcomes(self) -> None:
         successes, transitions = self._successes, self._transitions
         done = self._db(lambda conn: self._exchange(conn, successes, transitions), atomic=False)
         if done is None:
@@ -449,29 +458,31 @@ class Worker:
         """Forget outcomes now in the database; warn about those that were no longer ours."""
         ids = {s.id for s in successes} | {t.id for t in transitions}
         rejected = ids - owned
-        landed = self._landed_earlier([s for s in successes if s.id in rejected]) if rejected else set()
+        landed = self._landed_earlier(successes, transitions, rejected)
         self._outcomes_in_doubt = False
         for run_id in ids:
-            self._unwritten.pop(run_id, None)
+            run = self._unwritten.pop(run_id, None)
+            fields = _run_fields(run) if run is not None else {"run_id": run_id}
             if run_id in landed:
-                self.log.info("Outcome was already written, by the turn whose reply was lost", run_id=run_id)
+                self.log.info("Outcome was already written, by the turn whose reply was lost", **fields)
             elif run_id in rejected:
-                self.log.warning(
-                    "Late outcome rejected: the run is no longer owned by this worker",
-                    run_id=run_id,
-                )
+                self.log.warning("Late outcome rejected: the run is no longer owned by this worker", **fields)
         self._successes = self._successes[len(successes) :]
         self._transitions = self._transitions[len(transitions) :]
         if not (self._successes or self._transitions):
             self._flush_policy.written()
 
-    def _landed_earlier(self, successes: list[Success]) -> set[int]:
-        """After a turn whose reply was lost, its outcomes may be in the database already, and
-        writing them again is refused by the fence: those are not late, only written once."""
-        if not (self._outcomes_in_doubt and successes):
+    def _landed_earlier(
+        self, successes: list[Success], transitions: list[Transition], rejected: set[int]
+    ) -> set[int]:
+        """After a turn whose reply was lost, its outcomes (successes and transitions alike) may
+        be in the database already, and writing them again is refused by the fence: those are
+        not late, only written once."""
+        if not (self._outcomes_in_doubt and rejected):
             return set()
+        mine = [s for s in successes if s.id in rejected], [t for t in transitions if t.id in rejected]
         worker_id = self.options.worker_id
-        return self._db(lambda conn: queries.succeeded_by(conn, worker_id, successes)) or set()
+        return self._db(lambda conn: queries.landed(conn, worker_id, *mine)) or set()
 
     def _release_claimed(self) -> None:
         """Give back the runs claimed ahead: pending again at once, their attempt not counted."""
@@ -480,7 +491,7 @@ class Worker:
         self.log.info("Runs claimed ahead given back at shutdown", runs=len(self._claimed))
         for run in self._claimed:
             self._transitions.append(release(run))
-            self._unwritten[run.id] = run.attempt
+            self._unwritten[run.id] = run
         self._claimed.clear()
         self._flush_policy.added(time.monotonic())
 
@@ -488,7 +499,7 @@ class Worker:
         lost = Failure(ErrorKind.INTERRUPTED, "Shutdown", "worker shut down")
         for outcome in self.pool.stop_all(lost):
             self._transitions.append(release(outcome.run))
-            self._unwritten[outcome.run.id] = outcome.run.attempt
+            self._unwritten[outcome.run.id] = outcome.run
             self._flush_policy.added(time.monotonic())
             self.log.warning("Run released at shutdown", **_run_fields(outcome.run))
 
@@ -570,7 +581,7 @@ class Worker:
         conn = self._conn.get()
         # The whole action has a deadline: a database that stops answering must not hold the
         # loop (its outcomes, heartbeats and signals) for longer than that.
-        with DEADLINES.bound(_socket(conn), self.database.deadline):
+        with DEADLINES.bound(_socket(conn), self._call_deadline()):
             if not atomic:
                 return action(conn)
             conn.exec_driver_sql("BEGIN")
@@ -582,31 +593,105 @@ class Worker:
             conn.exec_driver_sql("COMMIT")
             return result
 
+    def _call_deadline(self) -> float:
+        """A stopping worker's calls end by its last try at writing (at least 1 s each), so it is
+        done within SHUTDOWN_GRACE + SHUTDOWN_WRITE_TIMEOUT and a few seconds (supervisord.conf)."""
+        left = self._writes_until - time.monotonic()
+        return min(self.database.deadline, max(1.0, left))
+
     def _sleep(self, seconds: float) -> None:
-        wait([self._wake_r], max(0.0, seconds))
+        if wait([self._wake_r], max(0.0, seconds)):
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)  # else every later sleep would end at once
 
     def _finish(self) -> None:
         try:
             self._write_last()
         except Exception as exc:  # the error that ended the loop, met again: the executors still go
-            self.log.error(
-                "Outcomes could not be written", error=_one_line(exc), run_ids=sorted(self._unwritten)
-            )
+            self.log.error("Outcomes could not be written", error=_one_line(exc))
         finally:
-            self.pool.close()
-            self._conn.drop()
-            self.engine.dispose()
+            try:
+                self._save_unwritten()
+            finally:
+                self.pool.close()
+                self._conn.drop()
+                self.engine.dispose()
         self.log.info("Worker stopped", **self.stats.report())
 
     def _write_last(self) -> None:
-        deadline = time.monotonic() + 10
-        while (self._successes or self._transitions) and time.monotonic() < deadline:
-            self._flush()
-            if self._successes or self._transitions:
-                self._sleep(min(1.0, self._db_retry_at - time.monotonic()))
-        if self._unwritten:
-            self.log.error("Outcomes could not be written", run_ids=sorted(self._unwritten))
-        self._db(lambda conn: registration.stop(conn, self._registration()))
+        """Keep trying, with the loop's backoff, until SHUTDOWN_WRITE_TIMEOUT after the grace
+        (after the loop ended, when the worker was not stopped): the outcomes held are the only
+        record of what those runs did."""
+        if not self.stopping:
+            self._writes_until = time.monotonic() + self.settings.SHUTDOWN_WRITE_TIMEOUT.total_seconds()
+        tried = False
+        while self._successes or self._transitions:
+            now = time.monotonic()
+            if tried and now >= self._writes_until:  # a second signal moves it to now
+                break
+            self._sleep(min(self._db_retry_at, self._writes_until) - now)
+            self._write_outcomes()
+            tried = True
+        if not self._unwritten:
+            # Marked stopped, its runs would be recovered at once: not while outcomes are held.
+            self._db(lambda conn: registration.stop(conn, self._registration()))
+
+    def _save_unwritten(self) -> None:
+        """Save what could not be written, for the next worker or ``orbit outcomes apply``; the
+        worker then exits 1."""
+        if not (self._successes or self._transitions):
+            return
+        worker_id = self.options.worker_id
+        path = spool.path_for(self.settings.DATA_DIR, worker_id)
+        outcomes: list[Success | Transition] = [*self._successes, *self._transitions]
+        items = [spool.Unwritten(worker_id, self._pipeline_of(o.id), o) for o in outcomes]
+        self._exit_status = 1
+        for item in items:
+            self.log.error(
+                "Outcome could not be written: saved for later",
+                run_id=item.outcome.id,
+                pipeline=item.pipeline,
+                attempt=item.outcome.attempt,
+                outcome=item.status,
+                file=str(path),
+            )
+        try:
+            spool.save(path, items)
+        except (OSError, TypeError, ValueError) as exc:  # the log lines above are then all there is
+            self.log.error("Outcomes could not be saved", error=_one_line(exc), file=str(path))
+            return
+        self.log.error(
+            "Outcomes could not be written: apply them with `orbit outcomes apply` once the database"
+            " answers (the next worker started with this DATA_DIR does it)",
+            outcomes=len(items),
+            file=str(path),
+        )
+
+    def _pipeline_of(self, run_id: int) -> str:
+        run = self._unwritten.get(run_id)
+        return "" if run is None else run.pipeline
+
+    def _apply_spooled(self) -> None:
+        """Apply the outcomes a worker stopped during an outage saved in this DATA_DIR, before
+        this one registers (the sooner, the likelier their runs are not recovered meanwhile)."""
+        for path in spool.files(self.settings.DATA_DIR):
+            try:
+                applied = spool.apply_file(self.engine, path)
+            except (spool.SpoolError, OSError, SQLAlchemyError) as exc:
+                self.log.error("Saved outcomes not applied", file=str(path), error=_one_line(exc))
+                continue
+            for done in applied or []:
+                o = done.item.outcome
+                level = "info" if done.result != "refused" else "warning"
+                getattr(self.log, level)(
+                    f"Saved outcome {done.result}",
+                    run_now=done.now,
+                    run_id=o.id,
+                    pipeline=done.item.pipeline,
+                    attempt=o.attempt,
+                    outcome=done.item.status,
+                    saved_by=done.item.worker_id,
+                )
 
 
 def _socket(conn: Connection) -> int:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
+from app import spool
 from app.database import make_engine, migrate
+from app.queries import Success
 from app.states import RunStatus
 from tests.conftest import fetch_run
 from tests.support import runbook
@@ -34,6 +36,7 @@ RUN_BY = {
     ("Retention", "orbit"): __name__,
     ("Schedules", "orbit"): __name__,
     ("After an outage", "orbit"): __name__,
+    ("Outcomes saved during an outage", "orbit"): __name__,
 }
 
 
@@ -131,6 +134,24 @@ def test_after_an_outage(engine: Engine, worker_env: dict[str, str]) -> None:
     assert "run 42 (invoices.send) is pending" in _ok(resume, worker_env)
     assert runbook.run(health, worker_env).returncode in (0, 1, 2)
     assert runbook.run(check, worker_env).returncode == 0
+
+
+def test_outcomes_saved_during_an_outage(engine: Engine, worker_env: dict[str, str], tmp_path: Path) -> None:
+    """outcomes apply writes the saved outcomes of DATA_DIR, then those of one file, and removes each."""
+    every, one = _section("Outcomes saved during an outage")
+    in_data_dir = running_run(engine, "invoices.send", "host:1")
+    in_a_copy = running_run(engine, "invoices.send", "host:1234")
+    saved = spool.path_for(tmp_path / ".orbit", "host:1")
+    spool.save(saved, [spool.Unwritten("host:1", "invoices.send", Success(in_data_dir, 1, '"sent"'))])
+    copy = tmp_path / "unwritten-outcomes-host_1234.jsonl"
+    spool.save(copy, [spool.Unwritten("host:1234", "invoices.send", Success(in_a_copy, 1, '"sent"'))])
+
+    written = "(invoices.send) attempt 1: succeeded: written"
+    assert f"run {in_data_dir} {written}" in _ok(every, worker_env, tmp_path)
+    assert not saved.exists() and copy.exists()
+    assert f"run {in_a_copy} {written}" in _ok(one, worker_env, tmp_path)
+    assert not copy.exists()
+    assert {fetch_run(engine, i).status for i in (in_data_dir, in_a_copy)} == {RunStatus.SUCCEEDED}
 
 
 @pytest.fixture

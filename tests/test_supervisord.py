@@ -27,7 +27,7 @@ BIN = ROOT / ".venv" / "bin"
 def fleet_env(worker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     logs = tmp_path / "sv"
     logs.mkdir()
-    # A short grace keeps the test fast; stopwaitsecs (40s) stays above it as in production.
+    # A short grace keeps the test fast; stopwaitsecs (60s) stays above it as in production.
     return {**worker_env, "ORBIT_WORKERS": "2", "LOGS_DIR": str(logs), "SHUTDOWN_GRACE": "10s"}
 
 

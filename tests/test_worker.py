@@ -382,6 +382,55 @@ def test_outcomes_written_by_a_turn_whose_reply_was_lost_are_not_called_late(
     assert not [e for e in events if e["event"].startswith("Late outcome rejected")]
 
 
+def test_transitions_written_by_a_turn_whose_reply_was_lost_are_not_called_late(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for successes: a failure and a snooze whose turn committed as its reply was lost are
+    said to be written already when the fence refuses them again, not rejected as late."""
+    ids = [_enqueue(engine, "test.fail_now"), _enqueue(engine, "test.snooze", {"delay": 30})]
+    real, cut = queries.exchange, set()
+
+    def cut_after_commit(conn: Any, **turn: Any) -> Any:
+        result = real(conn, **turn)
+        if turn["transitions"] and not cut:
+            cut.update(t.id for t in turn["transitions"])
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    monkeypatch.setattr(queries, "exchange", cut_after_commit)
+    with structlog.testing.capture_logs() as events:
+        assert run_burst(make_settings(WORKER_CONCURRENCY=2)) == 0
+    assert cut, "no outcome was cut"
+    assert [(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids] == [
+        (RunStatus.FAILED, 1),
+        (RunStatus.PENDING, 0),
+    ]
+    already = {e["run_id"] for e in events if e["event"].startswith("Outcome was already written")}
+    assert already == cut
+    assert not [e for e in events if e["event"].startswith("Late outcome rejected")]
+
+
+def test_a_late_outcome_is_logged_with_its_run_pipeline_and_attempt(
+    engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while it ran: its outcome is refused, and the warning names the run."""
+    run_id = _enqueue(engine, "test.noop")
+    real = queries.exchange
+
+    def cancel_first(conn: Any, **turn: Any) -> Any:
+        if turn["successes"]:
+            with engine.begin() as other:
+                queries.cancel(other, run_id)
+        return real(conn, **turn)
+
+    monkeypatch.setattr(queries, "exchange", cancel_first)
+    with structlog.testing.capture_logs() as events:
+        assert run_burst(make_settings()) == 0
+    late = [e for e in events if e["event"].startswith("Late outcome rejected")]
+    assert [(e["run_id"], e["pipeline"], e["attempt"]) for e in late] == [(run_id, "test.noop", 1)]
+    assert fetch_run(engine, run_id).status == RunStatus.CANCELLED
+
+
 def test_a_stopping_worker_gives_back_runs_claimed_by_a_turn_whose_reply_was_lost(
     engine: Engine, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
