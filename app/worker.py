@@ -496,6 +496,10 @@ class Worker:
         self._flush_policy.added(time.monotonic())
 
     def _release_in_flight(self) -> None:
+        # What ended before the grace ran out may wait in its pipe, unread while the loop waited
+        # on the database: recorded first, or a finished run would be released and run again.
+        for outcome in self.pool.collect(wait(self.pool.connections(), 0)):
+            self._record(outcome)
         lost = Failure(ErrorKind.INTERRUPTED, "Shutdown", "worker shut down")
         for outcome in self.pool.stop_all(lost):
             self._transitions.append(release(outcome.run))

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +473,30 @@ def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
         run = fetch_run(engine, run_id)
         assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
     worker.engine.dispose()
+
+
+def test_an_outcome_sent_before_the_grace_ended_is_kept_not_released(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """A run that ended just before the grace ran out, its outcome not yet read (the loop was
+    waiting on the database): its result is recorded, not thrown away by releasing the run."""
+    run_id = _enqueue(engine, "test.echo", {"a": 1})
+    worker = build(make_settings(SHUTDOWN_GRACE="0s"))
+    worker.pool.start()
+    try:
+        wait_until(lambda: worker.pool.collect(wait(worker.pool.connections(), 0.1)) or worker.pool.free)
+        with engine.begin() as conn:
+            (run,) = worker._exchange(conn, [], [], limit=1)[1]
+        worker.pool.submit(run)
+        wait_until(lambda: wait(worker.pool.connections(), 0.1), what="the outcome to be sent")
+        worker.request_stop()  # the grace (0 s) is over before the loop reads the outcome
+        assert worker._step(time.monotonic()) is True
+        worker._after_wait(time.monotonic())
+    finally:
+        worker.pool.close()
+        worker.engine.dispose()
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.result, run.attempt) == (RunStatus.SUCCEEDED, {"a": 1}, 1)
 
 
 @pytest.mark.parametrize(
