@@ -510,7 +510,9 @@ class Worker:
     # --- heartbeat ---------------------------------------------------------------------------
 
     def _beat(self) -> None:
-        held = {run.id: run.attempt for run in [*self.pool.busy, *self._claimed]}
+        # A run whose outcome waits to be written is still this worker's: once the database is
+        # back, the rescuer must not recover it before the worker's next write (its backoff).
+        held = {run.id: run.attempt for run in [*self.pool.busy, *self._claimed, *self._unwritten.values()]}
         still_ours = self._db(
             lambda conn: queries.heartbeat(conn, self.options.worker_id, held), atomic=False
         )

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import enqueue, enqueue_many, queries
+from app.executor import Outcome
 from app.outcomes import release
 from app.queries import Transition
 from app.settings import Settings
@@ -455,6 +456,32 @@ def test_a_stopping_worker_gives_back_runs_claimed_by_a_turn_whose_reply_was_los
         (RunStatus.PENDING, 0)
     ] * 2
     worker.engine.dispose()
+
+
+def test_a_run_whose_outcome_waits_for_the_database_keeps_its_heartbeat(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """The database is back, the worker has not written a run's outcome yet (its backoff) but has
+    beaten: the run is still its own, not recovered as interrupted, and the outcome is written."""
+    run_id = _enqueue(engine, "test.noop")
+    settings = make_settings()
+    worker = build(settings)
+    try:
+        with engine.begin() as conn:
+            (run,) = worker._exchange(conn, [], [], limit=1)[1]
+        worker._record(Outcome(run, 0.0, '"done"'))
+        worker._db_retry_at = time.monotonic() + 3600  # a write failed: the next one waits
+        with engine.begin() as conn:  # silent since the outage began
+            conn.execute(text("UPDATE runs SET heartbeat_at = now() - interval '1 hour'"))
+        worker._beat()
+        with engine.begin() as conn:
+            assert queries.recover(conn, settings.stale_after) == []
+        worker._db_retry_at = 0.0
+        worker._flush()
+    finally:
+        worker.engine.dispose()
+    run = fetch_run(engine, run_id)
+    assert (run.status, run.result) == (RunStatus.SUCCEEDED, "done")
 
 
 def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
