@@ -75,15 +75,18 @@ def test_a_kept_connection_with_harmless_input_waiting_is_kept(own_engine: Engin
 
 
 def test_enqueue_without_a_connection_survives_the_server_closing_it(
-    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    database_url: str, direct_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """enqueue() keeps a connection per thread; one the server ended is replaced, nothing is lost."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     enqueue_module.default_engine.cache_clear()
     monkeypatch.setattr(enqueue_module, "_local", type(enqueue_module._local)())
+    # Ended from a direct connection: through a pooler, the terminating session could be handed the
+    # very server connection it ends.
+    admin = make_engine(direct_url)
     try:
         first = enqueue("test.noop", {"n": 1})
-        _terminate(engine, _backend(enqueue_module._kept().get()))
+        _terminate(admin, _backend(enqueue_module._kept().get()))
         second = enqueue("test.noop", {"n": 2})
         with engine.connect() as conn:
             ids = conn.execute(text("SELECT id FROM runs ORDER BY id")).scalars().all()
@@ -92,6 +95,7 @@ def test_enqueue_without_a_connection_survives_the_server_closing_it(
         enqueue_module._kept().drop()
         enqueue_module.default_engine().dispose()
         enqueue_module.default_engine.cache_clear()
+        admin.dispose()
 
 
 def test_direct_connections_carry_the_server_side_timeouts(direct_url: str) -> None:

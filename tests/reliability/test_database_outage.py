@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from app import enqueue, enqueue_many
 from tests.conftest import ROOT
@@ -45,6 +46,18 @@ def _enqueue(engine: Engine, count: int, log: Path) -> list[int]:
 def _restart(server: PrivateServer, engine: Engine) -> None:
     engine.dispose()
     server.restart()
+    # Through PgBouncer, clients are refused for a moment after the server is back (its
+    # server_login_retry): the test's own enqueue waits for that, the workers ride it out.
+    wait_until(lambda: _answers(engine), what="the database to answer through its URL")
+
+
+def _answers(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError:
+        return False
+    return True
 
 
 def _terminate_connections(server: PrivateServer, engine: Engine) -> None:

@@ -390,6 +390,8 @@ class PgBouncer:
                 "pool_mode = transaction\n"
                 "max_client_conn = 500\n"
                 "default_pool_size = 20\n"
+                # after a server restart, try logging in again within a second, not 15 s
+                "server_login_retry = 1\n"
                 f"logfile = {self.log}\n"
                 f"pidfile = {self.pidfile}\n"
             )
