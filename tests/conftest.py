@@ -56,12 +56,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
 def test_database(server: TestServer) -> Iterator[Scratch]:
     """The session's database, migrated: its URL for Orbit and its direct URL."""
     with server.scratch_database() as database:
-        migrate(database.direct_url)
-        engine = make_engine(database.direct_url)
-        with engine.begin() as conn:
-            conn.execute(text(SIDE_TABLE))
-        engine.dispose()
+        prepare(database)
         yield database
+
+
+def prepare(database: Scratch) -> None:
+    """Migrate a scratch database and add the test pipelines' side table, on its direct URL."""
+    migrate(database.direct_url)
+    engine = make_engine(database.direct_url)
+    with engine.begin() as conn:
+        conn.execute(text(SIDE_TABLE))
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

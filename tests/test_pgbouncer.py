@@ -1,4 +1,4 @@
-"""PgBouncer in transaction mode, as seed deployments run it: ``DATABASE_URL`` through the pooler
+"""PgBouncer in transaction mode, as hosted deployments commonly run it: ``DATABASE_URL`` through the pooler
 with ``?pgbouncer=true`` and ``DIRECT_URL`` to the server. Enqueues, claims, outcomes and the
 CLI go through the pooler without a database error; LISTEN (on DIRECT_URL) still wakes workers."""
 
@@ -16,9 +16,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app import enqueue, enqueue_many
-from app.database import make_engine, migrate
-from tests.conftest import ROOT
-from tests.support.pipelines import SIDE_TABLE
+from app.database import make_engine
+from tests.conftest import ROOT, prepare
 from tests.support.servers import Scratch, TestServer, pgbouncer_in_front
 from tests.support.waiting import wait_until
 
@@ -30,11 +29,7 @@ def pooled(server: TestServer) -> Iterator[Scratch]:
     """A migrated database of its own, reached through PgBouncer in transaction mode."""
     with pgbouncer_in_front(server) as bouncer, bouncer.scratch_database() as database:
         assert "pgbouncer=true" in database.url
-        migrate(database.direct_url)
-        engine = make_engine(database.direct_url)
-        with engine.begin() as conn:
-            conn.execute(text(SIDE_TABLE))
-        engine.dispose()
+        prepare(database)
         yield database
 
 
