@@ -7,15 +7,18 @@ crash-loops a worker, and the schema stays intact. Params are JSON only, never u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
@@ -301,11 +304,30 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     """``orbit ARGS`` in this process (a subprocess per example would take minutes): status, out, err."""
     capsys.readouterr()
     try:
-        status = cli.main(args)
+        with _logging_left_as_it_was():
+            status = cli.main(args)
     except SystemExit as exit:  # argparse's own refusals
         status = int(exit.code or 0)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+@contextlib.contextmanager
+def _logging_left_as_it_was() -> Iterator[None]:
+    """The CLI configures structlog with cached loggers; in this process that would pin every
+    module's logger to the CLI's configuration, and later tests' structlog.testing.capture_logs()
+    would see nothing. Here loggers are not cached, and the configuration is put back after."""
+    saved = structlog.get_config()
+    configure = structlog.configure
+
+    def uncached(**settings: Any) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    try:
+        with mock.patch("structlog.configure", uncached):
+            yield
+    finally:
+        configure(**saved)
 
 
 def _count(engine: Engine) -> int:
