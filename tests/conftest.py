@@ -201,6 +201,9 @@ def spawn_worker(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        # Shown by pytest only when the test failed: what the worker said is the first clue.
+        lines = proc.stderr_path.read_text(errors="replace").splitlines()  # type: ignore[attr-defined]
+        print(f"--- worker {proc.pid} (exit {proc.returncode}), its last lines:", *lines[-40:], sep="\n")
 
 
 def fetch_run(engine: Engine, run_id: int) -> Any:
