@@ -49,6 +49,9 @@ def supervisord(fleet_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # Shown by pytest only when the test failed: what each worker said is the first clue.
+        for log in sorted(Path(fleet_env["LOGS_DIR"]).glob("worker-*.log")):
+            print(f"--- {log.name}, its last lines:", *log.read_text().splitlines()[-40:], sep="\n")
 
 
 def _stop_supervisord(env: dict[str, str]) -> None:
@@ -106,7 +109,7 @@ def test_supervisord_fleet_drains_a_queue_and_a_graceful_stop_loses_nothing(
 
     wait_until(lambda: _live(engine) == 0, what="every run to finish")
     long = fetch_run(engine, long_run)
-    assert (long.status, long.result) == (RunStatus.SUCCEEDED, "stopped early")
+    assert (long.status, long.result, long.error) == (RunStatus.SUCCEEDED, "stopped early", None)
     assert all(fetch_run(engine, i).status == RunStatus.SUCCEEDED for i in records)
     ran = [row.run_id for row in executions(engine)]
     assert sorted(ran) == sorted([long_run, *records])  # each exactly once
