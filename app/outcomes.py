@@ -1,4 +1,4 @@
-"""How an attempt's end maps to the run's next state: the one place that decides retries."""
+"""How an attempt's end maps to the run's next state, by the retry rule of :mod:`app.states`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from app.queries import ClaimedRun, Transition
-from app.states import ErrorKind, RunStatus
+from app.states import ErrorKind, RunStatus, retries
 from app.storable import storable
 
 
@@ -64,7 +64,7 @@ def transition_for(run: ClaimedRun, failure: Failure, backoff: Backoff) -> Trans
     """The fenced transition that ends ``run``'s current attempt with ``failure``."""
     if failure.snooze is not None:
         return Transition(run.id, run.attempt, RunStatus.PENDING, delay=failure.snooze, refund=True)
-    if not failure.fail_now and run.attempt < run.max_attempts:
+    if not failure.fail_now and retries(run.attempt, run.max_attempts):
         return Transition(
             run.id,
             run.attempt,

@@ -21,7 +21,31 @@ import psycopg
 from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import DBAPIError
 
-from app.states import RunStatus
+from app.states import (
+    FINAL_OUTCOMES,
+    FINISHED,
+    LIVE,
+    RESUMABLE,
+    RETRIES_SQL,
+    ErrorKind,
+    RunStatus,
+    StepStatus,
+    sql_list,
+    sql_literal,
+)
+
+# States as SQL, from app.states: no statement spells a state or the retry rule by hand.
+_PENDING = sql_literal(RunStatus.PENDING)
+_RUNNING = sql_literal(RunStatus.RUNNING)
+_SUCCEEDED = sql_literal(RunStatus.SUCCEEDED)
+_FAILED = sql_literal(RunStatus.FAILED)
+_CANCELLED = sql_literal(RunStatus.CANCELLED)
+_LIVE = sql_list(LIVE)
+_FINISHED = sql_list(FINISHED)
+_FINAL_OUTCOMES = sql_list(FINAL_OUTCOMES)
+_RESUMABLE = sql_list(RESUMABLE)
+_STEP_SUCCEEDED = sql_literal(StepStatus.SUCCEEDED)
+_INTERRUPTED_KIND = sql_literal(ErrorKind.INTERRUPTED)
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 # JSONEncoder.encode builds a new C encoder on every call, which costs four times encoding a small
@@ -66,17 +90,17 @@ def _driver(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
 
 # --- enqueue -------------------------------------------------------------------------------------
 
-_INSERT_RUN = """
+_INSERT_RUN = f"""
     INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key)
     VALUES (%(pipeline)s, CAST(%(params)s AS jsonb), %(priority)s,
             COALESCE(CAST(%(run_at)s AS timestamptz), now() + make_interval(secs => %(delay)s)),
             %(max_attempts)s, make_interval(secs => CAST(%(timeout)s AS double precision)), %(key)s)
-    ON CONFLICT (key) WHERE key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+    ON CONFLICT (key) WHERE key IS NOT NULL AND status IN {_LIVE} DO NOTHING
     RETURNING id
 """
 
-_LIVE_RUN_BY_KEY = """
-    SELECT id FROM runs WHERE key = %(key)s AND status IN ('pending', 'running')
+_LIVE_RUN_BY_KEY = f"""
+    SELECT id FROM runs WHERE key = %(key)s AND status IN {_LIVE}
 """
 
 # Many runs go in with COPY, about three times as fast as a multi-row INSERT: their ids are taken
@@ -192,7 +216,7 @@ _CLAIMED_RUN = """
 # written into the row at claim time, so SQL readers (and the rescuer, which has no registry) see
 # the effective values.
 _CLAIM = (
-    """
+    f"""
     WITH next AS (
         SELECT candidate.id
         FROM unnest(ARRAY(
@@ -200,7 +224,7 @@ _CLAIM = (
                  WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern))) AS pipeline
         CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM runs
-            WHERE status = 'pending' AND run_at <= now() AND runs.pipeline = pipeline.pipeline
+            WHERE status = {_PENDING} AND run_at <= now() AND runs.pipeline = pipeline.pipeline
             ORDER BY priority DESC, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -210,10 +234,10 @@ _CLAIM = (
     )
     , claimed AS (
         UPDATE runs r
-        SET status = 'running', attempt = r.attempt + 1, worker_id = %(worker_id)s,
+        SET status = {_RUNNING}, attempt = r.attempt + 1, worker_id = %(worker_id)s,
             started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = %(version)s,
-            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, '0'] AS int)),
-            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, '1'] AS double precision)))
+            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'max_attempts'] AS int)),
+            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'timeout_s'] AS double precision)))
         WHERE r.id = ANY(ARRAY(SELECT id FROM next))
         RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
     )"""
@@ -225,14 +249,20 @@ _CLAIM = (
 )
 
 
-def _claim_params(
-    worker_id: str, limit: int, defaults: dict[str, tuple[int, float]], version: str
-) -> dict[str, Any]:
+# Each pipeline's (max_attempts, timeout in seconds); the claim reads them by name.
+Defaults = Mapping[str, tuple[int, float]]
+
+
+def _claim_params(worker_id: str, limit: int, defaults: Defaults, version: str) -> dict[str, Any]:
+    named = {
+        pipeline: {"max_attempts": max_attempts, "timeout_s": timeout_s}
+        for pipeline, (max_attempts, timeout_s) in defaults.items()
+    }
     return {
         "pipelines": list(defaults),
         "limit": limit,
         "worker_id": worker_id,
-        "defaults": json.dumps(defaults),
+        "defaults": json.dumps(named),
         "version": version,
     }
 
@@ -297,9 +327,9 @@ def _send_claim(
 # (the connection cut right after COMMIT). Same columns as the claim, in claim order.
 _UNHELD = (
     _CLAIMED_RUN
-    + """
+    + f"""
     FROM runs
-    WHERE status = 'running' AND worker_id = %(worker_id)s AND NOT (id = ANY(%(held)s))
+    WHERE status = {_RUNNING} AND worker_id = %(worker_id)s AND NOT (id = ANY(%(held)s))
     ORDER BY priority DESC, run_at, id
 """
 )
@@ -317,26 +347,26 @@ def _claimed(cursor: psycopg.Cursor[Any]) -> list[ClaimedRun]:
 
 # --- outcomes (all fenced on run id + status running + worker + attempt) --------------------------
 
-_SUCCEED_MANY = """
+_SUCCEED_MANY = f"""
     UPDATE runs r
-    SET status = 'succeeded', result = v.result, finished_at = now(), error = NULL
+    SET status = {_SUCCEEDED}, result = v.result, finished_at = now(), error = NULL
     FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(attempts)s AS int[]), CAST(%(results)s AS jsonb[]))
          AS v(id, attempt, result)
-    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = %(worker_id)s
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {_RUNNING} AND r.worker_id = %(worker_id)s
     RETURNING r.id
 """
 
-_FAIL = """
+_FAIL = f"""
     UPDATE runs
     SET status = %(status)s,
-        run_at = CASE WHEN %(status)s = 'pending' THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
-        finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE now() END,
+        run_at = CASE WHEN %(status)s = {_PENDING} THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
+        finished_at = CASE WHEN %(status)s = {_PENDING} THEN NULL ELSE now() END,
         attempt = attempt - %(refund)s,
         error = %(error)s,
         errors = CASE WHEN CAST(%(entry)s AS jsonb) IS NULL THEN errors
                       ELSE errors || jsonb_build_array(CAST(%(entry)s AS jsonb)
                                      || jsonb_build_object('at', now())) END
-    WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+    WHERE id = %(id)s AND attempt = %(attempt)s AND status = {_RUNNING} AND worker_id = %(worker_id)s
     RETURNING id
 """
 
@@ -495,10 +525,10 @@ _REGISTERED_WORKER = text("""
 
 _WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
 
-_RUNS_HEARTBEAT = text("""
+_RUNS_HEARTBEAT = text(f"""
     UPDATE runs r SET heartbeat_at = now()
     FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
-    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = 'running' AND r.worker_id = :worker_id
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {_RUNNING} AND r.worker_id = :worker_id
     RETURNING r.id
 """)
 
@@ -507,10 +537,10 @@ _STOP_WORKER = text("""
     WHERE id = :worker_id AND hostname = :hostname AND pid = :pid
 """)
 
-_PRUNE_WORKERS = text("""
+_PRUNE_WORKERS = text(f"""
     DELETE FROM workers
     WHERE COALESCE(stopped_at, heartbeat_at) < now() - make_interval(secs => :retention)
-      AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.worker_id = workers.id AND runs.status = 'running')
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.worker_id = workers.id AND runs.status = {_RUNNING})
 """)
 
 
@@ -550,8 +580,8 @@ def prune_workers(conn: Connection, retention: timedelta) -> int:
 
 # --- interrupted runs, recovery, resume, cancel --------------------------------------------------
 
-_INTERRUPTED_WHERE = """
-    r.status = 'running'
+_INTERRUPTED_WHERE = f"""
+    r.status = {_RUNNING}
     AND (r.heartbeat_at IS NULL OR r.heartbeat_at < now() - make_interval(secs => :stale)
          OR w.stopped_at IS NOT NULL)
 """
@@ -559,7 +589,7 @@ _INTERRUPTED_WHERE = """
 _INTERRUPTED = text(f"""
     SELECT r.id, r.pipeline, r.worker_id, r.attempt, r.max_attempts, r.heartbeat_at,
            (SELECT s.name FROM run_steps s
-            WHERE s.run_id = r.id AND s.status = 'succeeded'
+            WHERE s.run_id = r.id AND s.status = {_STEP_SUCCEEDED}
             ORDER BY s.position DESC LIMIT 1) AS last_step
     FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
     WHERE {_INTERRUPTED_WHERE}
@@ -575,31 +605,31 @@ _RECOVER = text(f"""
         FOR UPDATE OF r SKIP LOCKED
     )
     UPDATE runs r
-    SET status = CASE WHEN r.attempt >= COALESCE(r.max_attempts, 1) THEN 'failed' ELSE 'pending' END,
+    SET status = CASE WHEN {RETRIES_SQL} THEN {_PENDING} ELSE {_FAILED} END,
         run_at = now(),
-        finished_at = CASE WHEN r.attempt >= COALESCE(r.max_attempts, 1) THEN now() END,
+        finished_at = CASE WHEN {RETRIES_SQL} THEN NULL ELSE now() END,
         error = 'interrupted: worker ' || r.worker_id || ' stopped heartbeating',
         errors = r.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', r.attempt, 'kind', 'interrupted', 'type', 'WorkerLost',
+            'attempt', r.attempt, 'kind', {_INTERRUPTED_KIND}, 'type', 'WorkerLost',
             'message', 'worker ' || r.worker_id || ' stopped heartbeating', 'at', now()))
     FROM victims
-    WHERE r.id = victims.id AND r.status = 'running'
+    WHERE r.id = victims.id AND r.status = {_RUNNING}
     RETURNING r.id, r.pipeline, r.status, r.attempt, r.worker_id
 """)
 
-_RESUME_FINISHED = text("""
+_RESUME_FINISHED = text(f"""
     UPDATE runs
-    SET status = 'pending', run_at = now(), finished_at = NULL,
+    SET status = {_PENDING}, run_at = now(), finished_at = NULL,
         max_attempts = GREATEST(COALESCE(max_attempts, 1), attempt + 1)
-    WHERE id = :id AND status IN ('failed', 'timed_out')
+    WHERE id = :id AND status IN {_RESUMABLE}
     RETURNING id, pipeline, status, attempt, worker_id
 """)
 
-_CANCEL = text("""
+_CANCEL = text(f"""
     WITH before AS (SELECT id, status FROM runs WHERE id = :id FOR UPDATE)
-    UPDATE runs r SET status = 'cancelled', finished_at = now(), error = 'cancelled'
+    UPDATE runs r SET status = {_CANCELLED}, finished_at = now(), error = 'cancelled'
     FROM before
-    WHERE r.id = before.id AND before.status IN ('pending', 'running')
+    WHERE r.id = before.id AND before.status IN {_LIVE}
     RETURNING before.status AS previous
 """)
 
@@ -625,15 +655,15 @@ def cancel(conn: Connection, run_id: int) -> str | None:
 
 # --- steps ---------------------------------------------------------------------------------------
 
-_STEP_DONE = text("""
-    SELECT output FROM run_steps WHERE run_id = :run_id AND name = :name AND status = 'succeeded'
+_STEP_DONE = text(f"""
+    SELECT output FROM run_steps WHERE run_id = :run_id AND name = :name AND status = {_STEP_SUCCEEDED}
 """)
 
-_SAVE_STEP = text("""
+_SAVE_STEP = text(f"""
     INSERT INTO run_steps (run_id, name, position, status, output, error, attempt, started_at, finished_at)
     SELECT :run_id, :name, :position, :status, CAST(:output AS jsonb), :error, :attempt,
            now() - make_interval(secs => :elapsed), now()
-    WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND status = 'running'
+    WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND status = {_RUNNING}
                   AND attempt = :attempt AND worker_id = :worker_id)
     ON CONFLICT (run_id, name) DO UPDATE
     SET position = EXCLUDED.position, status = EXCLUDED.status, output = EXCLUDED.output,
@@ -667,8 +697,8 @@ _LIST_RUNS = text("""
       AND (CAST(:pipeline AS text) IS NULL OR pipeline LIKE :pipeline)
     ORDER BY id DESC LIMIT :limit
 """)
-_LIST_WORKERS = text("""
-    SELECT w.*, (SELECT count(*) FROM runs r WHERE r.worker_id = w.id AND r.status = 'running')
+_LIST_WORKERS = text(f"""
+    SELECT w.*, (SELECT count(*) FROM runs r WHERE r.worker_id = w.id AND r.status = {_RUNNING})
            AS running,
            EXTRACT(EPOCH FROM now() - w.heartbeat_at)::double precision AS heartbeat_age_s
     FROM workers w ORDER BY w.started_at DESC
@@ -696,22 +726,22 @@ def list_workers(conn: Connection) -> list[Row[Any]]:
 
 # Only live rows are read (both partial indexes cover them), so the cost does not grow with
 # history; pending counts runs that are due, not those scheduled for later.
-_QUEUE_DEPTH = text("""
+_QUEUE_DEPTH = text(f"""
     SELECT pipeline, status, count(*) AS runs,
            COALESCE(EXTRACT(EPOCH FROM now() - min(run_at)), 0)::double precision AS oldest_s
     FROM runs
-    WHERE (status = 'pending' AND run_at <= now()) OR status = 'running'
+    WHERE (status = {_PENDING} AND run_at <= now()) OR status = {_RUNNING}
     GROUP BY pipeline, status
 """)
 
-_FINISHED_SINCE = """
-    status IN ('succeeded', 'failed', 'timed_out')
+_FINISHED_SINCE = f"""
+    status IN {_FINAL_OUTCOMES}
     AND finished_at >= now() - make_interval(secs => :window)
 """
 
 _FLEET_REPORT = text(f"""
-    SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+    SELECT count(*) FILTER (WHERE status = {_SUCCEEDED}) AS succeeded,
+           count(*) FILTER (WHERE status <> {_SUCCEEDED}) AS failed,
            avg(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS avg_s,
            min(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS min_s,
            max(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS max_s
@@ -723,24 +753,24 @@ _FLEET_REPORT = text(f"""
 # time limit, which means no worker is enforcing it.
 _STUCK_WHERE = f"""
     ({_INTERRUPTED_WHERE}
-     OR (r.status = 'running'
+     OR (r.status = {_RUNNING}
          AND r.started_at + r.timeout + make_interval(secs => :stale) < now()))
 """
 
 # A worker that is alive: not stopped, and heard from within STALE_AFTER.
 _LIVE_WORKER = "stopped_at IS NULL AND heartbeat_at >= now() - make_interval(secs => :stale)"
 # A pending run that has been due for longer than HEALTH_BACKLOG_FOR.
-_WAITED_TOO_LONG = "status = 'pending' AND run_at <= now() - make_interval(secs => :backlog_for)"
+_WAITED_TOO_LONG = f"status = {_PENDING} AND run_at <= now() - make_interval(secs => :backlog_for)"
 
 _HEALTH = text(f"""
     WITH finished AS (
         SELECT count(*) AS runs,
-               count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+               count(*) FILTER (WHERE status <> {_SUCCEEDED}) AS failed,
                avg(EXTRACT(EPOCH FROM finished_at - started_at))::double precision AS avg_s
         FROM runs WHERE {_FINISHED_SINCE}
     )
     SELECT finished.runs AS finished, finished.failed, finished.avg_s,
-           (SELECT count(*) FROM runs WHERE status = 'pending' AND run_at <= now()) AS backlog,
+           (SELECT count(*) FROM runs WHERE status = {_PENDING} AND run_at <= now()) AS backlog,
            (SELECT count(*) FROM runs WHERE {_WAITED_TOO_LONG}) AS backlog_waiting,
            (SELECT count(*) FROM workers WHERE {_LIVE_WORKER}) AS live_workers,
            (SELECT array_agg(id ORDER BY id) FROM workers WHERE stopped_at IS NULL
@@ -796,17 +826,17 @@ _PAUSE = text("""
     RETURNING pattern
 """)
 _UNPAUSE = text("DELETE FROM pauses WHERE pattern = :pattern RETURNING pattern")
-_LIST_PAUSES = text("""
+_LIST_PAUSES = text(f"""
     SELECT p.pattern, p.paused_at, p.paused_by,
-           (SELECT count(*) FROM runs r WHERE r.status = 'pending' AND r.pipeline LIKE p.like_pattern)
+           (SELECT count(*) FROM runs r WHERE r.status = {_PENDING} AND r.pipeline LIKE p.like_pattern)
            AS pending
     FROM pauses p ORDER BY p.paused_at, p.pattern
 """)
 # Every pipeline some registered worker runs (stopped ones included: they may come back).
 _WORKER_PIPELINES = text("SELECT DISTINCT unnest(pipelines) AS pipeline FROM workers")
-_RUNNING_MATCHING = text("""
+_RUNNING_MATCHING = text(f"""
     SELECT id, pipeline, worker_id, started_at FROM runs
-    WHERE status = 'running' AND pipeline LIKE :like_pattern
+    WHERE status = {_RUNNING} AND pipeline LIKE :like_pattern
     ORDER BY id
 """)
 
@@ -839,8 +869,8 @@ def running_matching(conn: Connection, like_pattern: str) -> list[Row[Any]]:
 # Finished runs past their status's retention; each call deletes at most :batch rows, and SKIP
 # LOCKED leaves rows another pruner or reader holds, so no statement holds many locks for long.
 # ON DELETE CASCADE removes the steps of each run with it.
-_EXPIRED_WHERE = """
-    status IN ('succeeded', 'failed', 'timed_out', 'cancelled') AND finished_at IS NOT NULL
+_EXPIRED_WHERE = f"""
+    status IN {_FINISHED} AND finished_at IS NOT NULL
     AND finished_at < now() - make_interval(secs => CAST(CAST(:retention AS jsonb) ->> status AS double precision))
 """
 

@@ -1,4 +1,4 @@
-"""The run state machine.
+"""The run lifecycle: its states, which of them are live or finished, and the retry rule.
 
 ::
 
@@ -9,12 +9,15 @@
        └──resume──────────┘ └──cancel──▶ cancelled
     (pending ──cancel──▶ cancelled; failed, timed_out ──resume──▶ pending)
 
-Every transition in :mod:`app.queries` is written "set state X where state is still Y", so a late
-or duplicate actor changes nothing. The database's CHECK constraint mirrors :class:`RunStatus`.
+Every transition in :mod:`app.queries` is written "set state X where state is still Y", so a
+late or duplicate actor changes nothing; its SQL spells states and the retry rule with the
+constants below, never by hand. The database's CHECK constraints mirror :class:`RunStatus` and
+:class:`StepStatus`. :mod:`app.outcomes` maps the end of an attempt to its transition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -27,7 +30,12 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A run holds its key while live; a finished run never changes again (until resumed).
+LIVE = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 FINISHED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED})
+# How an attempt can finish a run (a cancelled run ended without one): the outcomes counted in
+# the metrics, the fleet report and the health rules.
+FINAL_OUTCOMES = FINISHED - {RunStatus.CANCELLED}
 RESUMABLE = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})
 
 
@@ -45,3 +53,37 @@ class ErrorKind(StrEnum):
     CRASH = "crash"
     INTERRUPTED = "interrupted"
     INVALID = "invalid"
+
+
+def ordered(statuses: Iterable[RunStatus]) -> tuple[RunStatus, ...]:
+    """``statuses`` in the enum's order (the lifecycle's): for output and SQL that must not vary."""
+    wanted = set(statuses)
+    return tuple(status for status in RunStatus if status in wanted)
+
+
+def retries(attempt: int, max_attempts: int | None) -> bool:
+    """The retry rule: whether a run whose attempt number ``attempt`` failed goes back to pending.
+
+    ``max_attempts`` counts the first attempt; a run never claimed may have none yet (the claim
+    writes its pipeline's default), and then has one.
+    """
+    return attempt < (max_attempts or 1)
+
+
+# --- the same, as SQL text ------------------------------------------------------------------------
+# Built once at import from the enums above (constants, never input), so the queue's statements
+# cannot drift from the Python rules.
+
+
+def sql_literal(status: RunStatus | StepStatus | ErrorKind) -> str:
+    """``'pending'``: a state as a SQL string literal."""
+    return f"'{status.value}'"
+
+
+def sql_list(statuses: Iterable[RunStatus]) -> str:
+    """``('pending', 'running')``: states as a SQL list for ``IN``, in the enum's order."""
+    return "(" + ", ".join(sql_literal(status) for status in ordered(statuses)) + ")"
+
+
+# :func:`retries` over a row of runs named ``r``.
+RETRIES_SQL = "r.attempt < COALESCE(r.max_attempts, 1)"
