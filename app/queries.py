@@ -299,25 +299,8 @@ class ClaimedRun:
     waited_s: float = 0.0  # from when the run was due to its claim
 
 
-def claim(
-    conn: Connection,
-    *,
-    worker_id: str,
-    limit: int,
-    defaults: dict[str, tuple[int, float]],
-    version: str,
-) -> list[ClaimedRun]:
-    """Claim up to ``limit`` runnable runs of the pipelines in ``defaults`` (last in its transaction)."""
-    with _driver(conn) as driver:
-        return _claimed(_send_claim(driver, worker_id, limit, defaults, version))
-
-
 def _send_claim(
-    driver: psycopg.Connection[Any],
-    worker_id: str,
-    limit: int,
-    defaults: dict[str, tuple[int, float]],
-    version: str,
+    driver: psycopg.Connection[Any], worker_id: str, limit: int, defaults: Defaults, version: str
 ) -> psycopg.Cursor[Any]:
     driver.execute(_CLAIM_PLAN)
     return driver.execute(_CLAIM, _claim_params(worker_id, limit, defaults, version))
@@ -409,14 +392,6 @@ def landed(
     return set(conn.execute(_LANDED, params).scalars())
 
 
-def succeed_many(conn: Connection, worker_id: str, outcomes: Sequence[Success]) -> set[int]:
-    """Mark runs succeeded; returns the ids this worker still owned (the others were not ours)."""
-    if not outcomes:
-        return set()
-    with _driver(conn) as driver:
-        return _ids(_send_successes(driver, worker_id, outcomes))
-
-
 def _send_successes(
     driver: psycopg.Connection[Any], worker_id: str, outcomes: Sequence[Success]
 ) -> psycopg.Cursor[Any]:
@@ -446,12 +421,6 @@ class Transition:
     entry: dict[str, Any] | None = None
 
 
-def apply_transition(conn: Connection, worker_id: str, t: Transition) -> bool:
-    """Apply one fenced transition; False when the run was no longer ours."""
-    with _driver(conn) as driver:
-        return bool(_ids(_send_transition(driver, worker_id, t)))
-
-
 def _send_transition(driver: psycopg.Connection[Any], worker_id: str, t: Transition) -> psycopg.Cursor[Any]:
     params = {
         "id": t.id,
@@ -470,10 +439,10 @@ def exchange(
     conn: Connection,
     *,
     worker_id: str,
-    successes: Sequence[Success],
-    transitions: Sequence[Transition],
+    successes: Sequence[Success] = (),
+    transitions: Sequence[Transition] = (),
     limit: int = 0,
-    defaults: dict[str, tuple[int, float]] | None = None,
+    defaults: Defaults | None = None,
     version: str = "",
 ) -> tuple[set[int], list[ClaimedRun]]:
     """A worker's whole turn in one transaction and one round trip: write its outcomes, then

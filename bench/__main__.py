@@ -213,7 +213,7 @@ class Bench:
             with self.engine.connect() as conn:
                 started = time.perf_counter()
                 with conn.begin() as tx:
-                    queries.claim(conn, worker_id="bench", limit=10, defaults=NOOP, version="bench")
+                    queries.exchange(conn, worker_id="bench", limit=10, defaults=NOOP, version="bench")
                     tx.rollback()
                 samples.append((time.perf_counter() - started) * 1000)
         return statistics.median(samples)

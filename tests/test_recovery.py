@@ -99,7 +99,7 @@ def _stale_running_run(engine: Engine, pipeline: str = "test.noop") -> int:
     """A run claimed by a worker that then vanished (its heartbeat is an hour old)."""
     with engine.begin() as conn:
         run_id = enqueue(pipeline, {}, connection=conn)
-        queries.claim(conn, worker_id="gone", limit=1, defaults={pipeline: (3, 60.0)}, version="t")
+        queries.exchange(conn, worker_id="gone", limit=1, defaults={pipeline: (3, 60.0)})
         conn.execute(text("UPDATE runs SET heartbeat_at = now() - interval '1 hour'"))
     return run_id
 
@@ -224,7 +224,8 @@ def test_a_late_checkpoint_from_a_lost_attempt_is_rejected(
     with engine.begin() as conn:
         assert recovery.recover_interrupted(conn, make_settings().stale_after)
         assert queries.save_step(conn, **_step_one(run_id)) is False
-        assert queries.succeed_many(conn, "gone", [queries.Success(run_id, 1, "1")]) == set()
+        late = queries.Success(run_id, 1, "1")
+        assert queries.exchange(conn, worker_id="gone", successes=[late]) == (set(), [])
     with engine.connect() as conn:
         assert queries.run_steps(conn, run_id) == []
 

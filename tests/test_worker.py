@@ -215,16 +215,16 @@ def test_completion_is_fenced_on_the_lease(engine: Engine) -> None:
     run_id = _enqueue(engine, "test.noop")
     defaults = {"test.noop": (3, 60.0)}
     with engine.begin() as conn:
-        (mine,) = queries.claim(conn, worker_id="a", limit=1, defaults=defaults, version="t")
+        _, (mine,) = queries.exchange(conn, worker_id="a", limit=1, defaults=defaults)
         conn.execute(text("UPDATE runs SET status = 'pending' WHERE id = :id"), {"id": run_id})
-        (theirs,) = queries.claim(conn, worker_id="b", limit=1, defaults=defaults, version="t")
+        _, (theirs,) = queries.exchange(conn, worker_id="b", limit=1, defaults=defaults)
     assert theirs.attempt == mine.attempt + 1
     with engine.begin() as conn:
         late = queries.Success(mine.id, mine.attempt, '"late"')
-        assert queries.succeed_many(conn, "a", [late]) == set()
+        assert queries.exchange(conn, worker_id="a", successes=[late]) == (set(), [])
         assert queries.heartbeat(conn, "a", {mine.id: mine.attempt}) == set()
         on_time = queries.Success(theirs.id, theirs.attempt, '"on time"')
-        assert queries.succeed_many(conn, "b", [on_time]) == {run_id}
+        assert queries.exchange(conn, worker_id="b", successes=[on_time]) == ({run_id}, [])
     assert fetch_run(engine, run_id).result == "on time"
 
 
@@ -257,7 +257,7 @@ def test_a_claim_takes_no_more_than_its_limit(engine: Engine) -> None:
     """The CTE-fenced claim returns at most `limit` runs and marks only those running."""
     with engine.begin() as conn:
         enqueue_many([("test.noop", {}) for _ in range(50)], connection=conn)
-        claimed = queries.claim(conn, worker_id="w", limit=7, defaults={"test.noop": (3, 60.0)}, version="t")
+        _, claimed = queries.exchange(conn, worker_id="w", limit=7, defaults={"test.noop": (3, 60.0)})
         running = conn.execute(text("SELECT count(*) FROM runs WHERE status = 'running'")).scalar()
     assert len(claimed) == running == 7
 
@@ -267,7 +267,7 @@ def test_a_claim_returns_its_runs_in_claim_order(engine: Engine) -> None:
     low = [_enqueue(engine, "test.noop") for _ in range(3)]
     high = _enqueue(engine, "test.noop", priority=5)
     with engine.begin() as conn:
-        claimed = queries.claim(conn, worker_id="w", limit=10, defaults={"test.noop": (3, 60.0)}, version="t")
+        _, claimed = queries.exchange(conn, worker_id="w", limit=10, defaults={"test.noop": (3, 60.0)})
     assert [run.id for run in claimed] == [high, *low]
 
 
@@ -289,7 +289,7 @@ def test_a_claim_reads_nothing_of_other_pipelines(engine: Engine) -> None:
     defaults = {name: (3, 60.0) for name in ("test.noop", "test.echo", "test.paused", "test.sleep")}
     with engine.begin() as conn:
         plan = "\n".join(queries.explain_claim(conn, limit=10, defaults=defaults))
-        claimed = queries.claim(conn, worker_id="w", limit=2, defaults=defaults, version="t")
+        _, claimed = queries.exchange(conn, worker_id="w", limit=2, defaults=defaults)
     assert [run.id for run in claimed] == [mine[1], mine[0]]
     assert _runs_read_past(plan) == 0, plan  # one index in claim order for all read past 5,000
 

@@ -387,7 +387,7 @@ def test_the_enqueuer_role_cannot_claim_runs(secured: Secured) -> None:
     try:
         with pytest.raises(ProgrammingError, match="permission denied"), engine.begin() as conn:
             enqueue("test.noop", {}, connection=conn)
-            queries.claim(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)}, version="t")
+            queries.exchange(conn, worker_id="w", limit=1, defaults={"test.noop": (3, 60.0)})
     finally:
         engine.dispose()
 

@@ -2,7 +2,8 @@
 
 Several workers claim, heartbeat, complete and fail runs while time passes (heartbeats expire), the
 rescuer and operators intervene, workers give runs back (snooze, shutdown: the attempt is not
-counted), and workers keep writing with leases they have lost. After every step: no attempt was
+counted), and workers keep writing with leases they have lost. Claims and outcomes go through
+``queries.exchange``, the turn the worker runs. After every step: no attempt was
 handed out twice (unless given back), finished runs never change, attempts never go down (except
 by one, given back by the live lease), and a write succeeds exactly when it comes from the run's
 live lease.
@@ -42,6 +43,12 @@ def _live(conn: Connection, lease: Lease) -> bool:
     return (row.status, row.attempt, row.worker_id) == ("running", attempt, worker)
 
 
+def _write(conn: Connection, lease: Lease, t: queries.Transition) -> bool:
+    """Write ``t`` as the lease's worker would, in a turn; whether it was written."""
+    written, _ = queries.exchange(conn, worker_id=lease[2], transitions=[t])
+    return written == {t.id}
+
+
 def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
     class RunMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -61,7 +68,7 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
         @rule(worker=WORKERS, limit=st.integers(1, 3))
         def claim(self, worker: str, limit: int) -> None:
             with engine.begin() as conn:
-                claimed = queries.claim(conn, worker_id=worker, limit=limit, defaults=DEFAULTS, version="t")
+                _, claimed = queries.exchange(conn, worker_id=worker, limit=limit, defaults=DEFAULTS)
             for run in claimed:
                 lease = (run.id, run.attempt, worker)
                 assert lease[:2] not in self.handed, f"attempt handed out twice: {lease}"
@@ -74,7 +81,8 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
             lease = data.draw(st.sampled_from(self.leases))
             with engine.begin() as conn:
                 live = _live(conn, lease)
-                done = queries.succeed_many(conn, lease[2], [queries.Success(lease[0], lease[1], '"ok"')])
+                success = queries.Success(lease[0], lease[1], '"ok"')
+                done, _ = queries.exchange(conn, worker_id=lease[2], successes=[success])
             assert done == ({lease[0]} if live else set())
 
         @precondition(lambda self: self.leases)
@@ -85,7 +93,7 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
             t = queries.Transition(lease[0], lease[1], status, error="boom", entry={"kind": "error"})
             with engine.begin() as conn:
                 live = _live(conn, lease)
-                assert queries.apply_transition(conn, lease[2], t) == live
+                assert _write(conn, lease, t) == live
 
         @precondition(lambda self: self.leases)
         @rule(data=st.data(), delay=st.sampled_from([0.0, 3600.0]))
@@ -95,7 +103,7 @@ def test_the_run_state_machine_holds_its_invariants(engine: Engine) -> None:
             t = queries.Transition(lease[0], lease[1], RunStatus.PENDING, delay=delay, refund=True)
             with engine.begin() as conn:
                 live = _live(conn, lease)
-                assert queries.apply_transition(conn, lease[2], t) == live
+                assert _write(conn, lease, t) == live
             if live:
                 self.handed.discard(lease[:2])
                 self.attempts[lease[0]] = lease[1] - 1

@@ -41,7 +41,7 @@ def main(url: str, batch: int, gate: Path) -> int:
     defaults = {"test.noop": (3, 60.0)}
     while True:
         with engine.begin() as conn:
-            runs = queries.claim(conn, worker_id=me, limit=batch, defaults=defaults, version="t")
+            _, runs = queries.exchange(conn, worker_id=me, limit=batch, defaults=defaults)
         if not runs:
             return 0
         with engine.begin() as conn:
@@ -49,7 +49,8 @@ def main(url: str, batch: int, gate: Path) -> int:
                 _LOG, {"ids": [r.id for r in runs], "attempts": [r.attempt for r in runs], "pid": os.getpid()}
             )
             done = [queries.Success(r.id, r.attempt, "null") for r in runs]
-            if len(queries.succeed_many(conn, me, done)) != len(runs):
+            written, _ = queries.exchange(conn, worker_id=me, successes=done)
+            if len(written) != len(runs):
                 return 3
 
 
