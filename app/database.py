@@ -7,15 +7,12 @@ import math
 import os
 import re
 import select
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -110,23 +107,6 @@ def sqlalchemy_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """The same URL for plain psycopg (no SQLAlchemy driver suffix)."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@contextlib.contextmanager
-def scratch_database(server: str, prefix: str = "orbit_test") -> Iterator[str]:
-    """A new, empty database on ``server``, dropped afterwards; yields its SQLAlchemy URL.
-
-    Used by the tests and the benchmark, so neither ever touches the database of ``server``.
-    """
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = libpq_url(sqlalchemy_url(server))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(sqlalchemy_url(server)).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def connect_args(*, pgbouncer: bool, timeout: float) -> dict[str, Any]:

@@ -29,16 +29,3 @@ def embedded_url(data_dir: Path) -> str:
             server = get_server(pgdata)
         _servers[pgdata] = server
     return str(server.get_uri())
-
-
-def restart(data_dir: Path) -> None:
-    """Restart the embedded server in ``data_dir`` (fast shutdown: connections are cut)."""
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-    from pgserver.utils import PostmasterInfo
-
-    pgdata = (data_dir / "pgdata").resolve()
-    server = _servers[pgdata]
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user, timeout=60)
-    # pgserver stops the server at exit only if the process it started still runs: without the
-    # new postmaster, a restarted server would outlive this process.
-    server._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)

@@ -901,13 +901,3 @@ def save_schedule(conn: Connection, pipeline: str, last_slot: datetime, next_slo
 
 def list_schedules(conn: Connection) -> dict[str, Row[Any]]:
     return {row.pipeline: row for row in conn.execute(_LIST_SCHEDULES)}
-
-
-def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int, float]]) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim, rolled back: what it touches (for the benchmark)."""
-    params = _claim_params("explain", limit, defaults, "explain")
-    with conn.begin_nested() as savepoint, _driver(conn) as driver:
-        driver.execute(_CLAIM_PLAN)
-        plan = [str(row[0]) for row in driver.execute(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM}", params)]
-        savepoint.rollback()
-    return plan

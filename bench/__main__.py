@@ -30,9 +30,11 @@ from sqlalchemy.engine import make_url
 
 import bench.pipelines  # noqa: F401  (registers the bench pipelines for enqueue)
 from app import enqueue, enqueue_many, queries
-from app.database import Database, libpq_url, make_engine, migrate, resolve, scratch_database
+from app.database import Database, libpq_url, make_engine, migrate, resolve
 from app.settings import load_settings_or_exit
+from app.testing import scratch_database
 from bench import executor, plain
+from tests.support.claim_plan import explain_claim
 
 NOOP = {"bench.noop": (3, 60.0)}
 
@@ -235,7 +237,7 @@ class Bench:
 
     def explain(self) -> str:
         with self.engine.connect() as conn, conn.begin():
-            plan = queries.explain_claim(conn, limit=10, defaults=NOOP)
+            plan = explain_claim(conn, limit=10, defaults=NOOP)
         scans = [line.strip() for line in plan if " on runs " in line and "Scan" in line]
         buffers = next((line.strip() for line in plan if "Buffers:" in line), "")
         return f"{scans[0] if scans else plan[0]}; {buffers}"

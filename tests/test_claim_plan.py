@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 
 from app import queries
 from app.database import libpq_url
+from tests.support.claim_plan import explain_claim
 
 DEFAULTS = {"test.noop": (3, 60.0), "test.echo": (3, 60.0)}
 HISTORY = 20_000  # finished runs, analyzed: the statistics then say pending runs are rare
@@ -75,7 +76,7 @@ def test_the_claim_reads_the_index_in_order_and_is_never_compiled(filled: Engine
     sequential scan of runs, no sort of the backlog), the plan is costed below jit_above_cost,
     and EXPLAIN ANALYZE shows no JIT compilation, on a server whose JIT is on or off."""
     with filled.begin() as conn:
-        plan = queries.explain_claim(conn, limit=limit, defaults=DEFAULTS)
+        plan = explain_claim(conn, limit=limit, defaults=DEFAULTS)
     shown = "\n".join(plan)
     assert "Index Scan using runs_pending_idx" in shown, shown
     assert "Bitmap" not in shown, shown

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.embedded import _servers, embedded_url, restart
+from app.embedded import _servers, embedded_url
 from tests.conftest import ROOT, TEST_PIPELINES
+from tests.support.servers import restart_embedded
 from tests.support.waiting import wait_until
 
 
@@ -51,10 +52,10 @@ def test_processes_without_database_url_share_one_embedded_server(
 
 
 def test_a_restarted_embedded_server_is_still_stopped_at_exit(tmp_path: Path) -> None:
-    """After restart(), pgserver tracks the new postmaster: the one it stops when this process
+    """After a restart, pgserver tracks the new postmaster: the one it stops when this process
     exits. Tracking the old one, it stopped nothing, and every test session left a server behind."""
     embedded_url(tmp_path)
-    restart(tmp_path)
+    restart_embedded(tmp_path)
     pgdata = (tmp_path / "pgdata").resolve()
     running = int((pgdata / "postmaster.pid").read_text().split()[0])
     tracked = _servers[pgdata].get_postmaster_info()

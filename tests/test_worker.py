@@ -25,6 +25,7 @@ from app.settings import Settings
 from app.states import RunStatus
 from app.worker import build
 from tests.conftest import executions, fetch_run
+from tests.support.claim_plan import explain_claim
 from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, process_alive, run_burst
 
@@ -288,7 +289,7 @@ def test_a_claim_reads_nothing_of_other_pipelines(engine: Engine) -> None:
     ]
     defaults = {name: (3, 60.0) for name in ("test.noop", "test.echo", "test.paused", "test.sleep")}
     with engine.begin() as conn:
-        plan = "\n".join(queries.explain_claim(conn, limit=10, defaults=defaults))
+        plan = "\n".join(explain_claim(conn, limit=10, defaults=defaults))
         _, claimed = queries.exchange(conn, worker_id="w", limit=2, defaults=defaults)
     assert [run.id for run in claimed] == [mine[1], mine[0]]
     assert _runs_read_past(plan) == 0, plan  # one index in claim order for all read past 5,000

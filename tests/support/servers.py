@@ -48,7 +48,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.database import libpq_url, sqlalchemy_url
-from app.database import scratch_database as _scratch_database
+from app.testing import scratch_database as _scratch_database
 
 SERVER_ENV = "ORBIT_TEST_SERVER"
 URL_ENV = "ORBIT_TEST_DATABASE_URL"
@@ -222,9 +222,22 @@ class EmbeddedServer(TestServer):
         self.os_user = "pgserver" if os.geteuid() == 0 else None  # pgserver's choice under root
 
     def restart(self) -> None:
-        from app.embedded import restart
+        restart_embedded(self.workdir)
 
-        restart(self.workdir)
+
+def restart_embedded(workdir: Path) -> None:
+    """Restart the embedded server in ``workdir`` (fast shutdown: connections are cut)."""
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    from pgserver.utils import PostmasterInfo
+
+    from app.embedded import _servers
+
+    pgdata = (workdir / "pgdata").resolve()
+    server = _servers[pgdata]
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user, timeout=60)
+    # pgserver stops the server at exit only if the process it started still runs: without the
+    # new postmaster, a restarted server would outlive this process.
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)
 
 
 class DockerServer(TestServer):
