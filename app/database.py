@@ -10,7 +10,7 @@ import select
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -21,8 +21,13 @@ from app.deadlines import DEADLINES, DeadlineExceeded
 from app.masking import mask_url as mask_url  # re-exported: Database.masked's helper
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic's scripts, beside this package: the top-level migrations/ of a checkout, or the
+# `migrations` package an installed wheel puts next to `app`. Found by place rather than by
+# `import migrations`, which could pick up a user's own package of that name.
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-ALEMBIC_INI = MIGRATIONS_DIR.parent / "alembic.ini"
 DEFAULT_TIMEOUT = 10.0  # seconds: STATEMENT_TIMEOUT with the default heartbeat
 
 
@@ -263,17 +268,19 @@ class KeptConnection:
 
 @cache
 def _head_revision() -> str | None:
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    config = Config(str(ALEMBIC_INI))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
-def alembic_config(url: str) -> object:
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for ``url``, built here: an installed Orbit has no alembic.ini
+    (a checkout keeps one for ``alembic upgrade head``)."""
     from alembic.config import Config
 
-    config = Config(str(ALEMBIC_INI))
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise DatabaseError(f"Orbit's migrations are missing from {MIGRATIONS_DIR}: reinstall Orbit")
+    config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["url"] = url
     return config
@@ -289,8 +296,8 @@ def migrate(url: str, revision: str = "head") -> None:
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(7270185)"))
             config = alembic_config(url)
-            config.attributes["connection"] = conn  # type: ignore[attr-defined]
-            command.upgrade(config, revision)  # type: ignore[arg-type]
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
     finally:
         engine.dispose()
 
@@ -302,8 +309,8 @@ def downgrade(url: str, revision: str) -> None:
     try:
         with engine.begin() as conn:
             config = alembic_config(url)
-            config.attributes["connection"] = conn  # type: ignore[attr-defined]
-            command.downgrade(config, revision)  # type: ignore[arg-type]
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
     finally:
         engine.dispose()
 

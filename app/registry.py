@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -124,10 +126,14 @@ def all_pipelines() -> dict[str, Pipeline]:
 
 
 def discover(extra_modules: Iterable[str] = ()) -> dict[str, Pipeline]:
-    """Import every module of ``app.pipelines`` and each of ``extra_modules``."""
+    """Import every module of ``app.pipelines`` and each of ``extra_modules``, which are looked
+    for in the current directory too."""
     package = importlib.import_module("app.pipelines")
     names = [info.name for info in pkgutil.walk_packages(package.__path__, "app.pipelines.")]
-    for module in [*names, *extra_modules]:
+    extra = list(extra_modules)
+    if extra:
+        _search_current_directory()
+    for module in [*names, *extra]:
         try:
             importlib.import_module(module)
         except (ImportError, RegistryError) as exc:
@@ -136,6 +142,15 @@ def discover(extra_modules: Iterable[str] = ()) -> dict[str, Pipeline]:
             message = f"{type(exc).__name__}: {_one_line(exc)}"
             raise RegistryError(f"cannot import pipeline module {module!r}: {message}") from None
     return all_pipelines()
+
+
+def _search_current_directory() -> None:
+    """Let ``import`` find modules in the current directory, as ``python -m app.worker`` does: the
+    ``orbit`` command, started as a script, would otherwise miss the user's own pipelines there.
+    Last on the path, so that a file there never shadows an installed module."""
+    here = os.getcwd()
+    if all(os.path.abspath(entry or ".") != here for entry in sys.path):
+        sys.path.append(here)
 
 
 def _one_line(exc: BaseException) -> str:
