@@ -25,7 +25,7 @@ from app.enqueue import EnqueueError, new_run
 from app.registry import RegistryError, discover
 from app.registry import get as get_pipeline
 from app.settings import Settings, load_settings_or_exit
-from app.states import RunStatus
+from app.states import FINISHED, RunStatus, ordered, retries
 from app.stats import build_report
 
 # A LIMIT past bigint fails in the database; a million rows is more than a terminal shows.
@@ -414,7 +414,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
             print("No interrupted runs: nothing to recover.")
             return 0
         for row in rows:
-            action = "fail (attempts spent)" if row.attempt >= (row.max_attempts or 1) else "resume"
+            action = "resume" if retries(row.attempt, row.max_attempts) else "fail (attempts spent)"
             after = f" after step {row.last_step!r}" if row.last_step else " from the start"
             print(f"would {action}: run {row.id} ({row.pipeline}){after}")
         print("Run `orbit recover --auto-resume` to do it.")
@@ -595,10 +595,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         retention = settings.retention
     else:
         age = _positive_duration("--older-than", args.older_than)
-        retention = dict.fromkeys(operations.FINISHED, age)
+        retention = {str(status): age for status in ordered(FINISHED)}
     if args.dry_run:
         counts = _transaction(lambda conn: queries.count_expired(conn, retention))
-        for status in operations.FINISHED:
+        for status in ordered(FINISHED):
             print(f"would delete {counts.get(status, 0)} {status} run(s)")
         print(f"would delete {sum(counts.values())} run(s) in all")
         return 0

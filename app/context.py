@@ -15,6 +15,7 @@ from app import queries
 from app.database import Database
 from app.errors import LeaseLost, StepError
 from app.queries import ClaimedRun
+from app.states import StepStatus
 from app.storable import storable, storable_json
 
 P = ParamSpec("P")
@@ -100,19 +101,19 @@ class Context:
             value = fn(*args, **kwargs)
         except Exception as exc:
             error = storable(f"{type(exc).__name__}: {exc}")
-            self._save(name, position, started, status="failed", error=error)
+            self._save(name, position, started, status=StepStatus.FAILED, error=error)
             raise
         try:
             stored = storable_json(value)
         except (TypeError, ValueError, RecursionError) as exc:
             error = storable(f"step {name!r} returned a value that is not JSON: {exc}")
-            self._save(name, position, started, status="failed", error=error)
+            self._save(name, position, started, status=StepStatus.FAILED, error=error)
             raise StepError(error) from exc
         # Every attempt gets the value as stored, its JSON round trip: a retry can only get that
         # one, and code that works on the first attempt must work on the next (a key 1 read
         # back as "1", a tuple as a list). Refusing such values instead would refuse every tuple.
         output = json.loads(stored)
-        self._save(name, position, started, status="succeeded", output=output)
+        self._save(name, position, started, status=StepStatus.SUCCEEDED, output=output)
         return output  # type: ignore[no-any-return]
 
     def _save(self, name: str, position: int, started: float, **values: Any) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import states
 from app.queries import ClaimedRun, QueueDepth
 
 T = TypeVar("T")
@@ -23,8 +24,8 @@ T = TypeVar("T")
 # Runs last from milliseconds to the default time limit of ten minutes, and beyond.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-FINAL_OUTCOMES = ("succeeded", "failed", "timed_out")
-LIVE_STATUSES = ("pending", "running")
+FINAL_OUTCOMES = tuple(str(status) for status in states.ordered(states.FINAL_OUTCOMES))
+LIVE_STATUSES = tuple(str(status) for status in states.ordered(states.LIVE))
 
 
 class WorkerMetrics:

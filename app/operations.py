@@ -1,4 +1,4 @@
-"""Fleet operations kept in the database: pauses, drains and retention of finished runs.
+"""Fleet operations kept in the database: pauses and drains.
 
 A pause is a row every worker's claim reads, so it reaches the whole fleet within one poll and
 survives restarts; nothing has to be sent to a worker.
@@ -16,9 +16,6 @@ from typing import Any
 from sqlalchemy import Engine, Row
 
 from app import queries
-
-# Statuses a run can finish in; each has its own retention (RETENTION unless overridden).
-FINISHED = ("succeeded", "failed", "timed_out", "cancelled")
 
 
 class GlobError(ValueError):

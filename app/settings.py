@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.durations import EXPECTED as DURATION_EXPECTED
 from app.durations import format_duration, parse_duration
 from app.masking import mask_url
+from app.states import FINISHED, ordered
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -172,11 +173,11 @@ class Settings(BaseSettings):
     def retention(self) -> dict[str, timedelta]:
         """How long finished runs of each status are kept; a status left out is kept forever."""
         kept = {}
-        for status in ("succeeded", "failed", "timed_out", "cancelled"):
+        for status in ordered(FINISHED):
             override = getattr(self, f"RETENTION_{status.upper()}")
             age = self.RETENTION if override is None else override
             if age > timedelta(0):
-                kept[status] = age
+                kept[str(status)] = age
         return kept
 
     @property

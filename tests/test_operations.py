@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from app import __version__, enqueue, operations
 from app.database import make_engine
 from app.settings import Settings
-from app.states import RunStatus
+from app.states import FINISHED, RunStatus
 from tests.conftest import ROOT, fetch_run
 from tests.support.runs import finished_run
 from tests.support.waiting import wait_until
@@ -279,7 +279,7 @@ def test_each_run_records_the_version_of_the_deploy_that_ran_it(
 
 def _old_runs(engine: Engine) -> dict[str, int]:
     """One finished run per status, 10 days old, plus a fresh one and a pending one."""
-    runs = {status: finished_run(engine, "test.noop", status, ago=10 * DAY) for status in operations.FINISHED}
+    runs = {status: finished_run(engine, "test.noop", status, ago=10 * DAY) for status in FINISHED}
     runs["fresh"] = finished_run(engine, "test.noop", "succeeded", ago=60)
     runs["pending"] = _enqueue(engine, "test.noop", {"delay": 1})
     with engine.begin() as conn:
@@ -316,7 +316,7 @@ def test_the_leader_prunes_expired_runs_in_batches_with_per_status_retention(
 def test_retention_zero_keeps_finished_runs(engine: Engine, make_settings: Callable[..., Settings]) -> None:
     runs = _old_runs(engine)
     run_burst(make_settings(RECOVERY_INTERVAL="10ms", RETENTION="0"))
-    assert _left(engine, runs) >= set(operations.FINISHED)
+    assert _left(engine, runs) >= FINISHED
 
 
 def test_orbit_prune_dry_run_counts_and_prune_deletes(engine: Engine, orbit: Orbit) -> None:
