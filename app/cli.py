@@ -687,9 +687,5 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
-def parse_seconds(value: str) -> float:
-    return parse_duration(value, bare_unit="s").total_seconds()
-
-
 if __name__ == "__main__":
     sys.exit(main())

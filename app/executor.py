@@ -44,12 +44,14 @@ from typing import Any, NoReturn
 
 import structlog
 
+from app import context, logs, registry
 from app.database import Database
-from app.errors import FailNow, LeaseLost, Snooze
+from app.errors import FailNow, Snooze
 from app.outcomes import Failure
 from app.queries import ClaimedRun
 from app.reaper import Reaper
 from app.states import ErrorKind
+from app.storable import storable_json
 from app.time_limits import Board, Kill, TimeLimits, kill_group
 
 _MP = multiprocessing.get_context("spawn")
@@ -402,8 +404,6 @@ def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) 
     # own process group, this process is not reached by a signal to the worker's group anyway.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from app import context, logs, registry
-
     send_lock = threading.Lock()
 
     def send(message: Any) -> None:
@@ -438,10 +438,9 @@ def _receive(conn: Connection) -> Iterator[ClaimedRun]:
         yield message
 
 
-def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[str | None, Failure | None]:
-    from app.context import Context
-    from app.storable import storable_json
-
+def _execute(
+    run: ClaimedRun, pipelines: dict[str, Any], runtime: context.ChildRuntime
+) -> tuple[str | None, Failure | None]:
     pipeline = pipelines.get(run.pipeline)
     if pipeline is None:
         message = f"pipeline {run.pipeline!r} is not loaded in this worker"
@@ -452,13 +451,11 @@ def _execute(run: ClaimedRun, pipelines: dict[str, Any], runtime: Any) -> tuple[
         message = f"params cannot be decoded: {exc}"
         return None, Failure(ErrorKind.INVALID, "BadParams", message, fail_now=True)
     try:
-        result = _call(pipeline.fn, Context(run, runtime, params), params)
+        result = _call(pipeline.fn, context.Context(run, runtime, params), params)
     except Snooze as exc:
         return None, Failure(ErrorKind.ERROR, "Snooze", str(exc), snooze=exc.delay.total_seconds())
     except FailNow as exc:
         return None, _failure(exc, fail_now=True)
-    except LeaseLost as exc:
-        return None, _failure(exc, fail_now=False)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from pipeline code included
         return None, _failure(exc, fail_now=False)
     finally:

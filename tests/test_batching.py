@@ -1,4 +1,4 @@
-"""How far a worker claims ahead and when it writes outcomes (app.batching, no database)."""
+"""How far a worker claims ahead and when it writes outcomes (app.batching, driven with given times)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The executor pool on its own (no database): a run queued behind a running one, its time limit,
-and what happens to it when its executor is killed, crashes or is told to stop."""
+"""The executor pool on its own, outside a worker (its runs never connect to the database): a run
+queued behind a running one, its time limit, and what happens to it when its executor is killed,
+crashes or is told to stop."""
 
 from __future__ import annotations
 
