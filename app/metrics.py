@@ -160,7 +160,7 @@ class QueueCollector:
         ages = dict.fromkeys(self._pipelines, 0.0)
         for row in rows:
             counts[row.pipeline, row.status] = float(row.runs)
-            if row.status == "pending":
+            if row.status == states.RunStatus.PENDING:
                 ages[row.pipeline] = row.oldest_s
         for (pipeline, status), value in sorted(counts.items()):
             depth.add_metric([pipeline, status], value)
