@@ -8,8 +8,8 @@ from app.queries import _CLAIM, _CLAIM_PLAN, _claim_params, _driver
 
 
 def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int, float]]) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim as app.queries.claim sends it (with its planner
-    settings), rolled back: what it touches."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim as a worker's turn (app.queries.exchange) sends it,
+    with its planner settings, rolled back: what it touches."""
     params = _claim_params("explain", limit, defaults, "explain")
     with conn.begin_nested() as savepoint, _driver(conn) as driver:
         driver.execute(_CLAIM_PLAN)
