@@ -19,9 +19,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import arguments, health, operations, queries, recovery, worker
-from app.database import Database, DatabaseError, mask_url, migrate, resolve
+from app.database import Database, DatabaseError, migrate, resolve
 from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
+from app.masking import one_line
 from app.registry import RegistryError, discover
 from app.registry import get as get_pipeline
 from app.settings import Settings, load_settings_or_exit
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orbit: {exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"orbit: database error: {_first_line(exc)}", file=sys.stderr)
+        print(f"orbit: database error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -159,7 +160,7 @@ def _database(settings: Settings) -> Database:
     try:
         return resolve(settings)
     except Exception as exc:
-        raise Failed(f"cannot start the embedded database: {_first_line(exc)}") from None
+        raise Failed(f"cannot start the embedded database: {one_line(exc)}") from None
 
 
 def _engine(settings: Settings) -> Engine:
@@ -171,7 +172,7 @@ def _engine(settings: Settings) -> Engine:
         with engine.connect():
             pass
     except SQLAlchemyError as exc:
-        raise Failed(f"cannot reach the database {database.masked}: {_first_line(exc)}") from None
+        raise Failed(f"cannot reach the database {database.masked}: {one_line(exc)}") from None
     return engine
 
 
@@ -182,11 +183,6 @@ def _transaction(action: Callable[[Connection], Any]) -> Any:
             return action(conn)
     finally:
         engine.dispose()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return mask_url(lines[0]) if lines else type(exc).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -226,7 +222,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         migrate(database.direct_url, args.revision)
     except SQLAlchemyError as exc:
-        raise Failed(f"cannot migrate {database.masked}: {_first_line(exc)}") from None
+        raise Failed(f"cannot migrate {database.masked}: {one_line(exc)}") from None
     print(f"Database {database.masked} is at the latest schema.")
     return 0
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import queries
 from app.durations import format_duration
+from app.masking import one_line
 from app.settings import Settings
 
 
@@ -74,7 +75,7 @@ def check(engine: Engine, settings: Settings) -> Health:
                 stale_after=settings.stale_after,
             )
     except SQLAlchemyError as exc:
-        return Health([Problem(Status.ERROR, f"database unreachable: {_first_line(exc)}")])
+        return Health([Problem(Status.ERROR, f"database unreachable: {one_line(exc)}")])
     return Health(rules(snapshot, settings), snapshot.last_activity, int(snapshot.stuck_runs))
 
 
@@ -129,10 +130,3 @@ def rules(snapshot: Any, settings: Settings) -> list[Problem]:
             Problem(Status.WARNING, f"{snapshot.stuck_runs} stuck run(s): see orbit check-interrupted")
         )
     return problems
-
-
-def _first_line(exc: BaseException) -> str:
-    from app.database import mask_url
-
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return mask_url(lines[0]) if lines else type(exc).__name__

@@ -36,3 +36,11 @@ def _masked_param(match: re.Match[str]) -> str:
     if unquote(key) in _SECRET_KEYWORDS:
         value = "***"
     return f"{separator}{key}={value}"
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line, safe to print and log: the first line of the driver's own message
+    (SQLAlchemy adds the statement and a link, which say nothing to a user), passwords masked (a
+    connection error quotes its URL)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_url(lines[0]) if lines else type(exc).__name__

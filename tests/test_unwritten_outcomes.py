@@ -172,10 +172,10 @@ def test_the_stop_is_bounded_by_the_grace_and_the_write_timeout(
     never given less than a second."""
     worker = build(make_settings(SHUTDOWN_GRACE="1s", SHUTDOWN_WRITE_TIMEOUT="2s"))
     try:
-        assert worker._call_deadline() == worker.database.deadline
+        assert worker.session.deadline() == worker.database.deadline
         worker.request_stop()
-        assert 1.0 <= worker._call_deadline() <= 3.0
+        assert 1.0 <= worker.session.deadline() <= 3.0
         worker.request_stop()  # a second signal: stop now, one last try
-        assert worker._call_deadline() == 1.0
+        assert worker.session.deadline() == 1.0
     finally:
         worker.engine.dispose()

@@ -446,13 +446,13 @@ def test_a_stopping_worker_gives_back_runs_claimed_by_a_turn_whose_reply_was_los
 
     monkeypatch.setattr(queries, "exchange", cut_after_commit)
     worker = build(make_settings())
-    assert worker._claim_and_submit(time.monotonic(), 2) is None
+    assert worker.producer.claim(time.monotonic(), 2) is None
     assert {fetch_run(engine, i).status for i in ids} == {RunStatus.RUNNING}
     worker.request_stop()
-    worker._db_retry_at = 0.0
+    worker.session.retry_at = 0.0
     monkeypatch.setattr(queries, "exchange", real)
-    assert worker._step(time.monotonic()) is True
-    worker._after_wait(time.monotonic())
+    assert worker.step(time.monotonic()) is True
+    worker.after_wait(time.monotonic())
     assert [(fetch_run(engine, i).status, fetch_run(engine, i).attempt) for i in ids] == [
         (RunStatus.PENDING, 0)
     ] * 2
@@ -469,16 +469,16 @@ def test_a_run_whose_outcome_waits_for_the_database_keeps_its_heartbeat(
     worker = build(settings)
     try:
         with engine.begin() as conn:
-            (run,) = worker._exchange(conn, [], [], limit=1)[1]
-        worker._record(Outcome(run, 0.0, '"done"'))
-        worker._db_retry_at = time.monotonic() + 3600  # a write failed: the next one waits
+            (run,) = worker.exchange(conn, [], [], limit=1)[1]
+        worker.completer.record(Outcome(run, 0.0, '"done"'))
+        worker.session.retry_at = time.monotonic() + 3600  # a write failed: the next one waits
         with engine.begin() as conn:  # silent since the outage began
             conn.execute(text("UPDATE runs SET heartbeat_at = now() - interval '1 hour'"))
-        worker._beat()
+        worker.heartbeat.run_once()
         with engine.begin() as conn:
             assert queries.recover(conn, settings.stale_after) == []
-        worker._db_retry_at = 0.0
-        worker._flush()
+        worker.session.retry_at = 0.0
+        worker.completer.flush()
     finally:
         worker.engine.dispose()
     run = fetch_run(engine, run_id)
@@ -492,11 +492,11 @@ def test_runs_claimed_ahead_are_given_back_untouched_at_shutdown(
     ids = [_enqueue(engine, "test.noop") for _ in range(3)]
     worker = build(make_settings())
     with engine.begin() as conn:
-        worker._claimed.extend(worker._exchange(conn, [], [], limit=3)[1])
+        worker.producer.claimed.extend(worker.exchange(conn, [], [], limit=3)[1])
     assert {fetch_run(engine, i).status for i in ids} == {RunStatus.RUNNING}
     worker.request_stop()
-    assert worker._step(time.monotonic()) is True
-    worker._after_wait(time.monotonic())
+    assert worker.step(time.monotonic()) is True
+    worker.after_wait(time.monotonic())
     for run_id in ids:
         run = fetch_run(engine, run_id)
         assert (run.status, run.attempt) == (RunStatus.PENDING, 0)
@@ -514,12 +514,12 @@ def test_an_outcome_sent_before_the_grace_ended_is_kept_not_released(
     try:
         wait_until(lambda: worker.pool.collect(wait(worker.pool.connections(), 0.1)) or worker.pool.free)
         with engine.begin() as conn:
-            (run,) = worker._exchange(conn, [], [], limit=1)[1]
+            (run,) = worker.exchange(conn, [], [], limit=1)[1]
         worker.pool.submit(run)
         wait_until(lambda: wait(worker.pool.connections(), 0.1), what="the outcome to be sent")
         worker.request_stop()  # the grace (0 s) is over before the loop reads the outcome
-        assert worker._step(time.monotonic()) is True
-        worker._after_wait(time.monotonic())
+        assert worker.step(time.monotonic()) is True
+        worker.after_wait(time.monotonic())
     finally:
         worker.pool.close()
         worker.engine.dispose()
@@ -572,7 +572,7 @@ def test_an_error_the_loop_does_not_handle_ends_the_worker_and_its_executors(
     """An outcome that cannot be written ends the worker: executors gone, no transaction left open."""
     run_id = _enqueue(engine, "test.noop")
     worker = build(make_settings(), burst=True)
-    worker._transitions.append(Transition(run_id, 1, RunStatus.FAILED, entry={"at": object()}))
+    worker.completer.transitions.append(Transition(run_id, 1, RunStatus.FAILED, entry={"at": object()}))
     with pytest.raises(TypeError):
         worker.run()
     assert multiprocessing.active_children() == []

@@ -1,0 +1,16 @@
+"""The worker: claims runs, executes them in its executor pool, and records their outcomes.
+
+``loop``       the loop and the wiring of the parts below (``Worker``)
+``producer``   how many runs to claim, the claim, dispatch to executors, runs claimed ahead
+``completer``  what happens when a run ends: outcomes recorded, written once, held, saved
+``session``    the kept connection, each call's deadline, the backoff after a failed call
+``duties``     the heartbeat, upkeep (rescue, retention, schedules) and the metrics report
+``shutdown``   what a stop request does, and its deadlines
+``main``       ``python -m app.worker`` and ``orbit worker``
+"""
+
+from app.worker.loop import Worker
+from app.worker.main import add_arguments, build, connect, main, start
+from app.worker.options import Options
+
+__all__ = ["Options", "Worker", "add_arguments", "build", "connect", "main", "start"]

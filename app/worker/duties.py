@@ -1,0 +1,120 @@
+"""The worker's periodic duties, each on the loop's one clock: the heartbeat, upkeep (rescue,
+retention, schedules) and the metrics report. Each has a ``run_once`` that tests call directly;
+the loop calls it when ``every.ready(now)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from app import queries
+from app.executor import ExecutorPool
+from app.metrics import WorkerMetrics
+from app.outcomes import Failure
+from app.recovery import Rescuer
+from app.schedules import Scheduler
+from app.states import ErrorKind
+from app.stats import WorkerStats
+from app.worker.completer import Completer
+from app.worker.exchange import run_fields
+from app.worker.producer import Producer
+from app.worker.session import Session
+
+PRUNE_BATCHES_PER_PASS = 10
+
+
+@dataclass
+class Every:
+    """When a duty is due: every ``interval`` seconds (never when 0), first at ``due``."""
+
+    interval: float
+    due: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        if self.interval <= 0 or now < self.due:
+            return False
+        self.due = now + self.interval
+        return True
+
+    def remaining(self, now: float) -> float:
+        return float("inf") if self.interval <= 0 else max(0.0, self.due - now)
+
+
+class Heartbeat:
+    """Keeps this worker's runs its own: running, claimed ahead, or with an outcome not yet
+    written. A run the heartbeat no longer finds ours (cancelled, or rescued while this worker was
+    unreachable) is stopped."""
+
+    def __init__(
+        self, interval: float, session: Session, pool: ExecutorPool, producer: Producer, completer: Completer
+    ) -> None:
+        self.every = Every(interval)
+        self.session, self.pool, self.producer, self.completer = session, pool, producer, completer
+        self.last = time.monotonic()  # when a heartbeat was last written
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last
+
+    def run_once(self) -> None:
+        # A run whose outcome waits to be written is still this worker's: once the database is
+        # back, the rescuer must not recover it before the worker's next write (its backoff).
+        runs = [*self.pool.busy, *self.producer.claimed, *self.completer.held.values()]
+        held = {run.id: run.attempt for run in runs}
+        worker_id = self.producer.exchange.worker_id
+        still_ours = self.session.call(lambda conn: queries.heartbeat(conn, worker_id, held), atomic=False)
+        if still_ours is None:
+            return
+        self.last = time.monotonic()
+        lost = set(held) - still_ours
+        for run_id in lost:
+            gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
+            stopped = self.pool.stop(run_id, gone)
+            if stopped is not None:
+                self.producer.log.warning(
+                    "Run stopped: cancelled or taken over elsewhere", **run_fields(stopped)
+                )
+        self.producer.take_back()
+        self.producer.forget(lost)
+
+
+class Upkeep:
+    """Rescue of interrupted runs, retention, and scheduled runs: done by whichever worker holds
+    the leader lock (app.recovery), checked by every worker every RECOVERY_INTERVAL."""
+
+    def __init__(
+        self,
+        interval: float,
+        session: Session,
+        rescuer: Rescuer,
+        scheduler: Scheduler,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.every = Every(interval)
+        self.session, self.rescuer, self.scheduler, self.metrics = session, rescuer, scheduler, metrics
+
+    def run_once(self) -> None:
+        recovered = self.session.call(self.rescuer.run_once)
+        self.metrics.runs_recovered(row.pipeline for row in recovered or [])
+        self._prune()
+        self.session.call(self.scheduler.run_once)
+
+    def _prune(self) -> None:
+        # Bounded so a large backlog of expired runs never stalls claiming for long; the next
+        # pass continues where this one stopped.
+        for _ in range(PRUNE_BATCHES_PER_PASS):
+            pruned = self.session.call(self.rescuer.prune_once)
+            if pruned is None or pruned < self.rescuer.batch:
+                return
+
+
+class Report:
+    """The "Worker Metrics Report" log line, every METRICS_INTERVAL (the first one interval after
+    start)."""
+
+    def __init__(self, interval: float, stats: WorkerStats, log: Any) -> None:
+        self.every = Every(interval, time.monotonic() + interval)
+        self.stats, self.log = stats, log
+
+    def run_once(self, now: float) -> None:
+        self.log.info("Worker Metrics Report", **self.stats.report(now))

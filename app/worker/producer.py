@@ -1,0 +1,134 @@
+"""Claiming and dispatch: how many runs to claim, the claim itself, and keeping the executors busy.
+
+The claim goes in one transaction with the outcomes waiting to be written (one commit for both).
+When runs finish quickly the worker claims a few ahead of its free slots (app.batching): a run
+claimed ahead is the worker's like a running one (its heartbeat is kept) and is given back
+untouched at shutdown. A claim whose reply was lost may have committed: the next turn takes up the
+runs it claimed instead of leaving them to the rescuer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from app import queries
+from app.batching import Pace
+from app.executor import ExecutorPool
+from app.metrics import WorkerMetrics
+from app.queries import ClaimedRun
+from app.worker.completer import Completer
+from app.worker.exchange import Exchange, run_fields
+from app.worker.session import Session
+
+
+class Producer:
+    def __init__(
+        self,
+        session: Session,
+        pool: ExecutorPool,
+        completer: Completer,
+        exchange: Exchange,
+        metrics: WorkerMetrics,
+        log: Any,
+        *,
+        poll_interval: float,
+        burst: bool,
+    ) -> None:
+        self.session, self.pool, self.completer, self.exchange = session, pool, completer, exchange
+        self.metrics, self.log = metrics, log
+        self.poll_interval, self.burst = poll_interval, burst
+        self.claimed: deque[ClaimedRun] = deque()  # claimed ahead, not started yet
+        self.pace = Pace(pool.size)
+        self.in_doubt = False  # a turn that claimed failed: it may have committed anyway
+        self.next_poll = 0.0
+
+    def limit(self, now: float) -> int:
+        """How many runs to claim now: the free slots, plus a few ahead when runs finish quickly."""
+        free, held, ahead = self.pool.free, len(self.claimed), self.pace.ahead(now)
+        if free > held or 2 * held < ahead:
+            return max(0, free + ahead - held)
+        return 0
+
+    def claim(self, now: float, limit: int) -> int | None:
+        """Write the outcomes waiting and claim up to ``limit`` runs in one turn, then start what
+        fits; the number claimed, or None when the database could not be reached."""
+        if not self.session.ready(now):
+            return None
+        # Burst mode exits when nothing is runnable; never let it wait a poll interval.
+        self.next_poll = now if self.burst else now + self.poll_interval
+        self.log.debug("Worker polling...")
+        if self.in_doubt and not self.take_up_unheld():
+            return None
+        c = self.completer
+        successes, transitions = c.successes, c.transitions
+        done = self.session.call(
+            lambda conn: self.exchange(conn, successes, transitions, limit), atomic=False
+        )
+        if done is None:
+            self.in_doubt = True
+            c.in_doubt |= bool(successes or transitions)
+            return None
+        owned, claimed = done
+        c.written(successes, transitions, owned)
+        for run in claimed:
+            self.metrics.run_claimed(run)
+        self.claimed.extend(claimed)
+        self.dispatch()
+        if claimed:
+            self.next_poll = now  # found work: poll again as soon as a slot is free
+        return len(claimed)
+
+    def take_up_unheld(self) -> bool:
+        """After a failed turn: the connection may have been cut after its COMMIT, so runs it
+        claimed are this worker's without it knowing. They are taken up, as if just claimed,
+        instead of waiting for the rescuer; False while the database is still away."""
+        self.take_back()
+        held = {run.id for run in [*self.pool.busy, *self.claimed]} | set(self.completer.held)
+        worker_id = self.exchange.worker_id
+        unheld = self.session.call(lambda conn: queries.unheld_runs(conn, worker_id, held), atomic=False)
+        if unheld is None:
+            return False
+        self.in_doubt = False
+        for run in unheld:
+            self.log.warning("Run claimed as the connection was lost, taken up", **run_fields(run))
+            self.metrics.run_claimed(run)
+        self.claimed.extend(unheld)
+        return True
+
+    def dispatch(self) -> None:
+        """Start runs claimed ahead in free executors; when runs are short, also queue one behind
+        each running run, so that its executor starts it the moment the first ends."""
+        self.take_back()
+        self._submit(self.pool.free, queue=False)
+        if self.claimed and self.pool.queueable and self.pace.ahead(time.monotonic()):
+            self._submit(self.pool.queueable, queue=True)
+
+    def _submit(self, slots: int, *, queue: bool) -> None:
+        for _ in range(min(slots, len(self.claimed))):
+            run = self.claimed.popleft()
+            self.pool.submit(run, queue=queue)
+            self.log.info("Run started", **run_fields(run))
+
+    def take_back(self) -> None:
+        """Runs an executor returned unstarted (it was killed, crashed or told to stop) go first."""
+        if self.pool.returned:
+            self.claimed.extendleft(reversed(self.pool.returned))
+            self.pool.returned.clear()
+
+    def forget(self, run_ids: Iterable[int]) -> None:
+        """Drop runs claimed ahead that are no longer this worker's (cancelled, rescued)."""
+        lost = set(run_ids)
+        if lost and self.claimed:
+            self.claimed = deque(run for run in self.claimed if run.id not in lost)
+
+    def give_back(self) -> None:
+        """At shutdown: the runs claimed ahead go back, pending at once, their attempt not counted."""
+        if not self.claimed:
+            return
+        self.log.info("Runs claimed ahead given back at shutdown", runs=len(self.claimed))
+        for run in self.claimed:
+            self.completer.release(run)
+        self.claimed.clear()
