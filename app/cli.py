@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import arguments, health, operations, queries, recovery, worker
-from app.database import Database, DatabaseError, migrate, resolve
+from app import arguments, globs, health, operations, queries, recovery, worker
+from app.database import Database, DatabaseError, connect, migrate, resolve
 from app.durations import format_duration, parse_duration
 from app.enqueue import EnqueueError, new_run
 from app.masking import one_line
@@ -164,16 +164,7 @@ def _database(settings: Settings) -> Database:
 
 
 def _engine(settings: Settings) -> Engine:
-    database = _database(settings)
-    if database.embedded:
-        migrate(database.direct_url)
-    engine = database.engine(pool_size=1)
-    try:
-        with engine.connect():
-            pass
-    except SQLAlchemyError as exc:
-        raise Failed(f"cannot reach the database {database.masked}: {one_line(exc)}") from None
-    return engine
+    return connect(settings).engine(pool_size=1)
 
 
 def _transaction(action: Callable[[Connection], Any]) -> Any:
@@ -508,8 +499,8 @@ def _paused_by() -> str:
 
 def _like(glob: str) -> str:
     try:
-        return operations.glob_to_like(glob)
-    except operations.GlobError as exc:
+        return globs.to_like(glob)
+    except globs.GlobError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -519,7 +510,7 @@ def _pause(glob: str) -> bool:
 
     def pause(conn: Connection) -> bool:
         # A mistyped glob would pause nothing while the operator believes it does.
-        if not operations.matches_any(glob, known | queries.worker_pipelines(conn)):
+        if not any(globs.matches(glob, name) for name in known | queries.worker_pipelines(conn)):
             raise UsageError(
                 f"no known pipeline matches {glob!r}: neither ORBIT_PIPELINES nor a registered "
                 "worker has one; nothing was paused"
@@ -599,15 +590,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"would delete {sum(counts.values())} run(s) in all")
         return 0
     engine = _engine(settings)
-    total = 0
+    batch = settings.RETENTION_BATCH
+
+    def delete_batch() -> int:
+        with engine.begin() as conn:
+            return queries.prune_runs(conn, retention, batch)
+
     try:
-        while True:
-            # One batch per transaction: short locks, and what is done stays done if interrupted.
-            with engine.begin() as conn:
-                pruned = queries.prune_runs(conn, retention, settings.RETENTION_BATCH)
-            total += pruned
-            if pruned < settings.RETENTION_BATCH:
-                break
+        total = recovery.prune_in_batches(delete_batch, batch)
     finally:
         engine.dispose()
     print(f"deleted {total} finished run(s) and their steps")

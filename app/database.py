@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.deadlines import DEADLINES, DeadlineExceeded
 from app.masking import mask_url as mask_url  # re-exported: Database.masked's helper
+from app.masking import one_line
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -329,6 +330,30 @@ def check_schema(engine: Engine) -> None:
         raise DatabaseError(
             f"database schema is at {current or 'nothing'}, this version needs {head}: run `orbit migrate`"
         )
+
+
+def connect(settings: Settings) -> Database:
+    """The database the settings name, reachable and at the schema this code needs (the embedded
+    server is started and migrated first); DatabaseError, in one line, when it is not."""
+    import structlog
+
+    try:
+        database = resolve(settings)
+    except Exception as exc:
+        raise DatabaseError(f"cannot start the embedded database: {one_line(exc)}") from None
+    structlog.get_logger("orbit.database").info(
+        "Using database", url=database.masked, embedded=database.embedded
+    )
+    if database.embedded:
+        migrate(database.direct_url)
+    engine = database.engine(pool_size=1)
+    try:
+        check_schema(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot reach the database {database.masked}: {one_line(exc)}") from None
+    finally:
+        engine.dispose()
+    return database
 
 
 def migration_url() -> str:

@@ -683,7 +683,7 @@ def run_steps(conn: Connection, run_id: int) -> list[Row[Any]]:
 
 
 def list_runs(conn: Connection, *, status: str | None, like: str | None, limit: int) -> list[Row[Any]]:
-    """The newest runs; ``like``: a LIKE pattern of their pipeline (see operations.glob_to_like)."""
+    """The newest runs; ``like``: a LIKE pattern of their pipeline (see app.globs)."""
     return list(conn.execute(_LIST_RUNS, {"status": status, "pipeline": like, "limit": limit}))
 
 

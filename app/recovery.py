@@ -8,6 +8,7 @@ executed again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -111,3 +112,24 @@ class Rescuer:
         if pruned:
             log.info("Pruned finished runs", runs=pruned)
         return pruned
+
+
+def prune_in_batches(
+    delete_batch: Callable[[], int | None], batch: int, max_batches: int | None = None
+) -> int:
+    """Call ``delete_batch`` (one batch of expired runs, in its own transaction) until a batch
+    comes back short, or None (another worker leads, the database is away), or ``max_batches``
+    were done; returns how many runs were deleted.
+
+    One batch per transaction keeps row locks few and short, and what is done stays done if
+    interrupted; a bound on the batches keeps a worker's pass from stalling its claims for long
+    behind a large backlog of expired runs (the next pass goes on where it stopped).
+    """
+    total, done = 0, 0
+    while max_batches is None or done < max_batches:
+        pruned = delete_batch()
+        done += 1
+        total += pruned or 0
+        if pruned is None or pruned < batch:
+            break
+    return total

@@ -6,7 +6,6 @@ the program with one line naming the variable, the value and what was expected (
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import socket
 import sys
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app import globs
 from app.durations import EXPECTED as DURATION_EXPECTED
 from app.durations import format_duration, parse_duration
 from app.masking import mask_url
@@ -111,9 +111,7 @@ class Settings(BaseSettings):
     @field_validator("PIPELINE_FILTER")
     @classmethod
     def _glob(cls, value: str) -> str:
-        if not value.strip() or value.count("[") != value.count("]"):
-            raise ValueError("a glob such as analytics-* or *")
-        return value.strip()
+        return globs.check(value.strip())
 
     @field_validator("DATABASE_URL", "DIRECT_URL", mode="before")
     @classmethod
@@ -190,7 +188,7 @@ class Settings(BaseSettings):
         return [m.strip() for m in self.ORBIT_PIPELINES.split(",") if m.strip()]
 
     def matches_filter(self, pipeline: str) -> bool:
-        return fnmatch.fnmatchcase(pipeline, self.PIPELINE_FILTER)
+        return globs.matches(self.PIPELINE_FILTER, pipeline)
 
 
 class SettingsError(Exception):

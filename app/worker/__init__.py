@@ -10,7 +10,7 @@
 """
 
 from app.worker.loop import Worker
-from app.worker.main import add_arguments, build, connect, main, start
+from app.worker.main import add_arguments, build, main, start
 from app.worker.options import Options
 
-__all__ = ["Options", "Worker", "add_arguments", "build", "connect", "main", "start"]
+__all__ = ["Options", "Worker", "add_arguments", "build", "main", "start"]

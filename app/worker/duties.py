@@ -12,7 +12,7 @@ from app import queries
 from app.executor import ExecutorPool
 from app.metrics import WorkerMetrics
 from app.outcomes import Failure
-from app.recovery import Rescuer
+from app.recovery import Rescuer, prune_in_batches
 from app.schedules import Scheduler
 from app.states import ErrorKind
 from app.stats import WorkerStats
@@ -100,12 +100,8 @@ class Upkeep:
         self.session.call(self.scheduler.run_once)
 
     def _prune(self) -> None:
-        # Bounded so a large backlog of expired runs never stalls claiming for long; the next
-        # pass continues where this one stopped.
-        for _ in range(PRUNE_BATCHES_PER_PASS):
-            pruned = self.session.call(self.rescuer.prune_once)
-            if pruned is None or pruned < self.rescuer.batch:
-                return
+        prune = self.rescuer.prune_once
+        prune_in_batches(lambda: self.session.call(prune), self.rescuer.batch, PRUNE_BATCHES_PER_PASS)
 
 
 class Report:

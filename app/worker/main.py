@@ -10,10 +10,9 @@ import argparse
 import sys
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from app import arguments, logs
-from app.database import Database, DatabaseError, check_schema, migrate, resolve
+from app.database import DatabaseError, connect
 from app.executor import ExecutorError
 from app.http_server import HttpServerError
 from app.masking import one_line
@@ -91,25 +90,6 @@ def build(settings: Settings, *, burst: bool = False) -> Worker:
     database = connect(settings)
     options = Options(settings.WORKER_CONCURRENCY, settings.WORKER_ID, settings.PIPELINE_FILTER, burst)
     return Worker(settings, database, pipelines, options)
-
-
-def connect(settings: Settings) -> Database:
-    """Resolve the database, check it answers and that its schema is current."""
-    try:
-        database = resolve(settings)
-    except Exception as exc:
-        raise DatabaseError(f"cannot start the embedded database: {one_line(exc)}") from None
-    log.info("Using database", url=database.masked, embedded=database.embedded)
-    if database.embedded:
-        migrate(database.direct_url)
-    engine = database.engine(pool_size=1)
-    try:
-        check_schema(engine)
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot reach the database {database.masked}: {one_line(exc)}") from None
-    finally:
-        engine.dispose()
-    return database
 
 
 def main(argv: list[str] | None = None) -> int:
