@@ -39,6 +39,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any, NoReturn
 
@@ -55,6 +56,10 @@ from app.storable import storable_json
 from app.time_limits import Board, Kill, TimeLimits, kill_group
 
 _MP = multiprocessing.get_context("spawn")
+
+# What a terminal or a process manager sends a whole process group to stop it.
+GROUP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
 log = structlog.get_logger("orbit.executor")
 
 
@@ -113,6 +118,7 @@ class ExecutorPool:
     on_log: Any = None
     on_kill: Callable[[], None] = lambda: None
     returned: list[ClaimedRun] = field(default_factory=list)
+    stopping: bool = False  # the worker is stopping: see ask_to_stop
     _slots: list[_Slot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -133,7 +139,16 @@ class ExecutorPool:
     def _spawn(self, index: int) -> _Slot:
         parent, child = _MP.Pipe()
         process = _MP.Process(target=child_main, args=(child, self.config, self._board, index), daemon=True)
-        process.start()
+        # Until child_main moves it to a group of its own, the child is in the worker's process
+        # group, which supervisord's stopasgroup and Ctrl-C signal as a whole: it starts with
+        # those signals blocked, and discards what reached it meanwhile (the worker's to handle).
+        # The resource tracker is started first: starting it unblocks them in this thread.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._reaper.watch(process.pid or 0)
         child.close()
         return _Slot(process, parent)
@@ -219,7 +234,9 @@ class ExecutorPool:
         reason = _exit_reason(slot.process)
         self._slots[index] = self._spawn(index)
         if not slot.runs:
-            if slot.ready or kill is not None:
+            # A child that never started is fatal (its pipelines cannot be imported, say), but not
+            # to a stopping worker: it has outcomes to write and needs no more children.
+            if slot.ready or kill is not None or self.stopping:
                 return []
             raise ExecutorError(f"an executor process failed to start: {reason}") from None
         run = slot.runs[0]
@@ -312,6 +329,7 @@ class ExecutorPool:
 
         A child told so returns its queued run without starting it.
         """
+        self.stopping = True
         for slot in self._slots:
             if slot.runs and slot.process.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -396,6 +414,9 @@ def child_main(conn: Connection, config: ChildConfig, board: Board, index: int) 
     """Entry point of an executor process: run what the worker sends until told to stop."""
     global _executor_pid
     os.setpgrp()
+    for sig in GROUP_SIGNALS:  # blocked since the spawn (see ExecutorPool._spawn): ignoring a
+        signal.signal(sig, signal.SIG_IGN)  # pending one discards it, as it was the worker's
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
     _die_with_parent()
     _executor_pid = os.getpid()
     os.register_at_fork(after_in_child=conn.close)  # a process the run forks never holds the pipe
