@@ -1,4 +1,5 @@
-"""Fixtures for the reliability suite: a private database server the tests may restart."""
+"""Fixtures for the reliability suite: the session's database before every test, and a private
+database server the tests may restart."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from sqlalchemy import Engine
 from app.database import make_engine, migrate
 from tests.support import servers
 from tests.support.servers import TestServer
+
+
+@pytest.fixture(autouse=True)
+def _database(side_url: None) -> None:
+    """The session's database migrated, and ORBIT_TEST_SIDE_URL set, before every test."""
 
 
 @dataclass

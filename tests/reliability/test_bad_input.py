@@ -28,7 +28,8 @@ from app import EnqueueError, cli, enqueue
 from app.durations import parse_duration
 from app.settings import Settings
 from app.states import RunStatus
-from tests.conftest import ROOT, fetch_run
+from tests.support.paths import ROOT
+from tests.support.runs import fetch_run
 from tests.support.workers import run_burst
 
 Orbit = Callable[..., subprocess.CompletedProcess[str]]

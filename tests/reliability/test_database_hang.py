@@ -14,8 +14,8 @@ from sqlalchemy import Engine, text
 
 from app import enqueue
 from app.states import RunStatus
-from tests.conftest import fetch_run
 from tests.support.proxy import FreezableProxy, proxy_for, url_through
+from tests.support.runs import fetch_run
 from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, process_alive, stderr_of
 

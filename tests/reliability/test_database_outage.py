@@ -15,8 +15,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from app import enqueue, enqueue_many
-from tests.conftest import ROOT
 from tests.reliability.conftest import PrivateServer
+from tests.support.paths import ROOT
 from tests.support.waiting import wait_until
 
 POLL_INTERVAL = 1.0

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app import enqueue_many
-from tests.conftest import ROOT
 from tests.reliability.conftest import size
+from tests.support.paths import ROOT
 from tests.support.waiting import wait_until
 
 PROCESSES = 8

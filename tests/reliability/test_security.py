@@ -19,9 +19,10 @@ from sqlalchemy.exc import ProgrammingError
 from app import enqueue, enqueue_many, queries
 from app.database import libpq_url, make_engine, migrate
 from app.states import RunStatus
-from tests.conftest import ROOT, fetch_run
 from tests.support.http import answers, free_port, get, samples
+from tests.support.paths import ROOT
 from tests.support.pipelines import SIDE_TABLE
+from tests.support.runs import fetch_run
 from tests.support.servers import TestServer
 from tests.support.waiting import wait_until
 from tests.support.workers import stderr_of

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from app import enqueue
 from app.states import RunStatus
-from tests.conftest import fetch_run
+from tests.support.runs import fetch_run
 from tests.support.waiting import wait_until
 from tests.support.workers import process_alive, stderr_of
 

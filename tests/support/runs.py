@@ -1,4 +1,5 @@
-"""Factories for rows in a given state: finished, stuck or waiting runs, live or silent workers.
+"""Factories for rows in a given state: finished, stuck or waiting runs, live or silent workers;
+and the rows read back (``fetch_run``, ``executions``).
 
 Times are given as seconds before the database's ``now()``, so tests never compare two clocks.
 """
@@ -10,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+
+from app import queries
 
 _ADD_RUN = text("""
     INSERT INTO runs (pipeline, status, attempt, max_attempts, run_at, started_at, finished_at,
@@ -100,3 +103,21 @@ def worker_row(
         beat = _ago(now, heartbeat_ago)
         values = {"id": worker_id, "heartbeat_at": beat, "stopped_at": beat if stopped else None}
         conn.execute(_ADD_WORKER, {**values, "pipelines": list(pipelines)})
+
+
+# --- reading back ----------------------------------------------------------------------------------
+
+
+def fetch_run(engine: Engine, run_id: int) -> Any:
+    with engine.connect() as conn:
+        return queries.get_run(conn, run_id)
+
+
+def executions(engine: Engine, note: str | None = None) -> list[Any]:
+    """The test pipelines' side table: one row per execution, oldest first (``note`` filters)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM executions WHERE note = COALESCE(:note, note) ORDER BY at"),
+            {"note": note},
+        )
+        return list(rows)

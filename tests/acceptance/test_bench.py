@@ -1,0 +1,25 @@
+"""The benchmark runs end to end (a smoke run: `--quick` checks it works, never a speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.paths import ROOT
+
+
+def test_the_quick_benchmark_prints_its_table(worker_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = result.stdout.splitlines()
+    assert table[0].startswith("| figure")
+    figures = ("batch enqueue", "single enqueue", "drain, 2 process", "drain, plain loop claim 100", "pickup")
+    for figure in figures:
+        assert any(line.startswith(f"| {figure}") for line in table), figure
