@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ORBIT_WORKERS ?= 2
 LOGS_DIR ?= logs
 
-.PHONY: install run worker migrate test test-matrix lint format reliability bench supervise clean
+.PHONY: install run worker migrate test unit test-matrix lint format reliability bench supervise clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ format: install
 ## test: on the server ORBIT_TEST_SERVER names (embedded when unset; see tests/support/servers.py)
 test: lint
 	$(BIN)/pytest -q -m "not slow"
+
+## unit: the tests that need no database server and start no worker (tests/unit)
+unit: install
+	$(BIN)/pytest -q tests/unit
 
 ## test-matrix: the tests on Debian's PostgreSQL 15, the embedded 16, 14, 18 and 15 behind PgBouncer
 test-matrix: $(VENV)/.matrix
