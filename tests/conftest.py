@@ -22,4 +22,8 @@ import tests.support.pipelines  # noqa: E402,F401
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"database server: {servers.chosen_kind()} ({servers.SERVER_ENV})"
+    try:
+        kind = servers.chosen_kind()
+    except servers.Unavailable as error:  # said again, as a usage error, if a test needs a server
+        kind = str(error)
+    return f"database server: {kind} ({servers.SERVER_ENV})"
