@@ -18,6 +18,7 @@ from app.cli.common import (
     print_json,
     print_table,
 )
+from app.database import DatabaseError
 from app.durations import format_duration
 from app.states import RunStatus
 from app.stats import build_report
@@ -68,7 +69,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
         engine = connect_engine(settings)
-    except Failed as exc:
+    except (Failed, DatabaseError) as exc:
         result = health.Health([health.Problem(health.Status.ERROR, str(exc))])
     else:
         try:

@@ -12,8 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from app import queries
 from app.database import libpq_url
+from app.queries import claim as claim_sql
+from app.queries import fleet as fleet_sql
+from app.queries import runs as runs_sql
 from tests.support.claim_plan import explain_claim
 
 DEFAULTS = {"test.noop": (3, 60.0), "test.echo": (3, 60.0)}
@@ -138,11 +140,11 @@ def _hot_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
     }
     fenced = {"ids": ids, "attempts": attempts, "worker_id": "w"}
     return {
-        "enqueue": (queries._INSERT_RUN, insert),
-        "enqueue, key held": (queries._LIVE_RUN_BY_KEY, {"key": "k"}),
-        "successes": (queries._SUCCEED_MANY, {**fenced, "results": ["null"] * len(ids)}),
-        "failure": (queries._FAIL, fail),
-        "heartbeat": (_psycopg(queries._RUNS_HEARTBEAT.text), fenced),
+        "enqueue": (runs_sql._INSERT_RUN, insert),
+        "enqueue, key held": (runs_sql._LIVE_RUN_BY_KEY, {"key": "k"}),
+        "successes": (claim_sql._SUCCEED_MANY, {**fenced, "results": ["null"] * len(ids)}),
+        "failure": (claim_sql._FAIL, fail),
+        "heartbeat": (_psycopg(fleet_sql._RUNS_HEARTBEAT.text), fenced),
     }
 
 
@@ -151,9 +153,9 @@ def _after_a_lost_reply(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]
     ids = _ids(engine, 100)
     fenced = {"ids": ids, "attempts": [1] * len(ids), "worker_id": "w"}
     return {
-        "unheld runs": (queries._UNHELD, {"worker_id": "w", "held": ids}),
+        "unheld runs": (claim_sql._UNHELD, {"worker_id": "w", "held": ids}),
         "written earlier": (
-            _psycopg(queries._LANDED.text),
+            _psycopg(claim_sql._LANDED.text),
             {**fenced, "statuses": ["succeeded"] * len(ids), "errors": [None] * len(ids)},
         ),
     }

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from app.queries import _CLAIM, _CLAIM_PLAN, _claim_params, _driver
+from app.queries.claim import _CLAIM, _CLAIM_PLAN, _claim_params
+from app.queries.common import on_driver
 
 
 def explain_claim(conn: Connection, *, limit: int, defaults: dict[str, tuple[int, float]]) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the claim as a worker's turn (app.queries.exchange) sends it,
     with its planner settings, rolled back: what it touches."""
     params = _claim_params("explain", limit, defaults, "explain")
-    with conn.begin_nested() as savepoint, _driver(conn) as driver:
+    with conn.begin_nested() as savepoint, on_driver(conn) as driver:
         driver.execute(_CLAIM_PLAN)
         plan = [str(row[0]) for row in driver.execute(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM}", params)]
         savepoint.rollback()

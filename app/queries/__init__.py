@@ -1,0 +1,110 @@
+"""Every SQL statement of the queue, as bound-parameter statements with small typed helpers.
+
+Each state change is written "set X where the run is still in state Y (and still ours)", so a
+late, duplicate or zombie actor changes nothing. Lease arithmetic uses the database clock only.
+The statements of the hot paths (enqueue, claim, outcomes) are psycopg strings (``%(name)s``) run
+on the driver under the SQLAlchemy connection (see ``common.on_driver``); the others are ``text()``.
+
+By concern: ``runs`` (enqueue, steps, reading runs), ``claim`` (the claim, the outcomes and the
+turn that sends both), ``fleet`` (workers, heartbeats, interrupted runs), ``inspect`` (queue depth,
+reports, health) and ``upkeep`` (pauses, retention, schedules); ``common`` holds what they share.
+Callers use ``from app import queries`` and the names below.
+"""
+
+from __future__ import annotations
+
+from app.queries.claim import (
+    ClaimedRun,
+    Defaults,
+    Success,
+    Transition,
+    exchange,
+    landed,
+    unheld_runs,
+)
+from app.queries.common import to_json
+from app.queries.fleet import (
+    cancel,
+    heartbeat,
+    interrupted,
+    prune_workers,
+    recover,
+    register_worker,
+    registered_worker,
+    resume_finished,
+    stop_worker,
+)
+from app.queries.inspect import (
+    QueueDepth,
+    fleet_report,
+    health_snapshot,
+    queue_depth,
+)
+from app.queries.runs import (
+    NewRun,
+    completed_step,
+    get_run,
+    insert_run,
+    insert_runs,
+    list_runs,
+    list_workers,
+    run_steps,
+    save_step,
+)
+from app.queries.upkeep import (
+    count_expired,
+    db_now,
+    list_pauses,
+    list_schedules,
+    pause,
+    prune_runs,
+    running_matching,
+    save_schedule,
+    schedule_states,
+    unpause,
+    worker_pipelines,
+)
+
+__all__ = [
+    "ClaimedRun",
+    "Defaults",
+    "NewRun",
+    "QueueDepth",
+    "Success",
+    "Transition",
+    "cancel",
+    "completed_step",
+    "count_expired",
+    "db_now",
+    "exchange",
+    "fleet_report",
+    "get_run",
+    "health_snapshot",
+    "heartbeat",
+    "insert_run",
+    "insert_runs",
+    "interrupted",
+    "landed",
+    "list_pauses",
+    "list_runs",
+    "list_schedules",
+    "list_workers",
+    "pause",
+    "prune_runs",
+    "prune_workers",
+    "queue_depth",
+    "recover",
+    "register_worker",
+    "registered_worker",
+    "resume_finished",
+    "run_steps",
+    "running_matching",
+    "save_schedule",
+    "save_step",
+    "schedule_states",
+    "stop_worker",
+    "to_json",
+    "unheld_runs",
+    "unpause",
+    "worker_pipelines",
+]
