@@ -1,8 +1,8 @@
-"""Pipeline globs, one dialect everywhere: ``PIPELINE_FILTER``, ``--pipelines``, pauses, drains
-and ``orbit runs --pipeline``.
+"""Pipeline globs: ``*`` matches any run of characters, ``?`` one character.
 
-``*`` matches any run of characters and ``?`` one character; nothing else is special (``[...]``
-is refused: LIKE has no such thing, and a filter must mean the same in Python and in SQL).
+Globs matched in SQL (pauses, drains, ``orbit runs --pipeline``) take nothing else: LIKE has no
+``[...]``, so it is refused rather than matched literally. A worker's ``PIPELINE_FILTER`` (and
+``--pipelines``) is matched in Python only, and also takes ``[...]`` (``test.[nf]*``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ def to_like(glob: str) -> str:
     """The LIKE pattern matching what ``glob`` matches."""
     escaped = check(glob).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+def check_filter(glob: str) -> str:
+    """A worker's pipeline filter, or ValueError: a glob that may also hold ``[...]``."""
+    if not glob or glob != glob.strip() or glob.count("[") != glob.count("]"):
+        raise ValueError("a glob such as analytics-* or *")
+    return glob
+
+
+def matches_filter(glob: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, glob)
 
 
 def matches(glob: str, name: str) -> bool:

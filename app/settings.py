@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     @field_validator("PIPELINE_FILTER")
     @classmethod
     def _glob(cls, value: str) -> str:
-        return globs.check(value.strip())
+        return globs.check_filter(value.strip())
 
     @field_validator("DATABASE_URL", "DIRECT_URL", mode="before")
     @classmethod
@@ -188,7 +188,7 @@ class Settings(BaseSettings):
         return [m.strip() for m in self.ORBIT_PIPELINES.split(",") if m.strip()]
 
     def matches_filter(self, pipeline: str) -> bool:
-        return globs.matches(self.PIPELINE_FILTER, pipeline)
+        return globs.matches_filter(self.PIPELINE_FILTER, pipeline)
 
 
 class SettingsError(Exception):

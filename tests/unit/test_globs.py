@@ -1,4 +1,5 @@
-"""Pipeline globs (app.globs): one dialect, matched in Python and translated to LIKE patterns."""
+"""Pipeline globs (app.globs): matched in Python and translated to LIKE patterns; a worker's filter
+also takes [...]."""
 
 from __future__ import annotations
 
@@ -50,3 +51,23 @@ def test_a_glob_orbit_cannot_match_is_refused_in_one_line(glob: str) -> None:
 def test_the_longest_glob_is_accepted() -> None:
     """MAX_LENGTH characters exactly."""
     assert globs.check("x" * globs.MAX_LENGTH) == "x" * globs.MAX_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("glob", "name", "matched"),
+    [
+        ("test.[nf]*", "test.noop", True),
+        ("test.[nf]*", "test.fail", True),
+        ("test.[nf]*", "test.echo", False),
+    ],
+)
+def test_a_workers_filter_also_takes_brackets(glob: str, name: str, matched: bool) -> None:
+    """PIPELINE_FILTER is matched in Python only: ``[...]`` is a set of characters there."""
+    assert globs.matches_filter(globs.check_filter(glob), name) is matched
+
+
+@pytest.mark.parametrize("glob", ["", " x*", "test.[nf*"])
+def test_a_filter_that_is_no_glob_is_refused(glob: str) -> None:
+    """Empty, padded, or with an unclosed bracket: ValueError (a bad setting, exit 2)."""
+    with pytest.raises(ValueError, match="a glob such as"):
+        globs.check_filter(glob)
