@@ -81,34 +81,51 @@ def check(engine: Engine, settings: Settings) -> Health:
 
 def rules(snapshot: Any, settings: Settings) -> list[Problem]:
     """The problems a health snapshot shows (see :func:`app.queries.health_snapshot`)."""
+    rule_sets = (_outcome_rules, _backlog_rules, _fleet_rules)
+    return [problem for rule_set in rule_sets for problem in rule_set(snapshot, settings)]
+
+
+def _outcome_rules(snapshot: Any, settings: Settings) -> list[Problem]:
+    """Failure rate and average duration over HEALTH_FAILURE_WINDOW."""
+    if not snapshot.finished:
+        return []
     window = format_duration(settings.HEALTH_FAILURE_WINDOW)
     problems = []
-    if snapshot.finished:
-        rate = 100 * snapshot.failed / snapshot.finished
-        if rate > settings.HEALTH_FAILURE_RATE:
-            problems.append(
-                Problem(
-                    Status.WARNING,
-                    f"failure rate {rate:.1f}% over {window} ({snapshot.failed} of "
-                    f"{snapshot.finished} runs) exceeds {settings.HEALTH_FAILURE_RATE:g}%",
-                )
+    rate = 100 * snapshot.failed / snapshot.finished
+    if rate > settings.HEALTH_FAILURE_RATE:
+        problems.append(
+            Problem(
+                Status.WARNING,
+                f"failure rate {rate:.1f}% over {window} ({snapshot.failed} of "
+                f"{snapshot.finished} runs) exceeds {settings.HEALTH_FAILURE_RATE:g}%",
             )
-        limit = settings.HEALTH_AVG_DURATION.total_seconds()
-        if snapshot.avg_s is not None and snapshot.avg_s > limit:
-            problems.append(
-                Problem(
-                    Status.WARNING, f"average duration {snapshot.avg_s:.1f}s over {window} exceeds {limit:g}s"
-                )
-            )
+        )
+    limit = settings.HEALTH_AVG_DURATION.total_seconds()
+    if snapshot.avg_s is not None and snapshot.avg_s > limit:
+        average = f"average duration {snapshot.avg_s:.1f}s over {window} exceeds {limit:g}s"
+        problems.append(Problem(Status.WARNING, average))
+    return problems
+
+
+def _backlog_rules(snapshot: Any, settings: Settings) -> list[Problem]:
+    """Runs waiting too long."""
+    problems = []
+    waited = format_duration(settings.HEALTH_BACKLOG_FOR)
     if snapshot.backlog_waiting > settings.HEALTH_BACKLOG:
         problems.append(
             Problem(
                 Status.WARNING,
-                f"{snapshot.backlog_waiting} runs have waited over "
-                f"{format_duration(settings.HEALTH_BACKLOG_FOR)} (limit {settings.HEALTH_BACKLOG}); "
-                f"{snapshot.backlog} pending in all",
+                f"{snapshot.backlog_waiting} runs have waited over {waited} "
+                f"(limit {settings.HEALTH_BACKLOG}); {snapshot.backlog} pending in all",
             )
         )
+    return problems
+
+
+def _fleet_rules(snapshot: Any, settings: Settings) -> list[Problem]:
+    """Silent workers, no worker at all, runs no live worker would ever take, stuck runs."""
+    problems = []
+    waited = format_duration(settings.HEALTH_BACKLOG_FOR)
     if snapshot.silent_workers:
         names = ", ".join(snapshot.silent_workers)
         problems.append(Problem(Status.WARNING, f"no heartbeat from worker(s): {names}"))
@@ -118,13 +135,8 @@ def rules(snapshot: Any, settings: Settings) -> list[Problem]:
         # A typo in a pipeline's name, or a deploy that dropped its module: these runs would wait
         # forever while the fleet looks healthy.
         names = ", ".join(snapshot.unserved_pipelines)
-        problems.append(
-            Problem(
-                Status.WARNING,
-                f"runs have waited over {format_duration(settings.HEALTH_BACKLOG_FOR)} for "
-                f"pipeline(s) no live worker runs: {names}",
-            )
-        )
+        unserved = f"runs have waited over {waited} for pipeline(s) no live worker runs: {names}"
+        problems.append(Problem(Status.WARNING, unserved))
     if snapshot.stuck_runs:
         problems.append(
             Problem(Status.WARNING, f"{snapshot.stuck_runs} stuck run(s): see orbit check-interrupted")

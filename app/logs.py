@@ -87,17 +87,8 @@ def configure(
     renderer: Any = structlog.dev.ConsoleRenderer(colors=True) if console else _json_renderer()
     outputs: list[tuple[logging.Handler, Any]] = [(logging.StreamHandler(sys.stderr), renderer)]
     if logs_dir is not None:
-        logs_dir.mkdir(parents=True, exist_ok=True)
         json_renderer = renderer if not console else _json_renderer()
-        for name, min_level in (
-            (f"{stem}.log", logging.NOTSET),
-            (f"{stem}-error.log", logging.ERROR),
-        ):
-            file_handler = _RotatingFile(
-                logs_dir / name, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-            )
-            file_handler.setLevel(min_level)
-            outputs.append((file_handler, json_renderer))
+        outputs += [(handler, json_renderer) for handler in _files(logs_dir, stem, max_bytes, backups)]
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
@@ -118,6 +109,17 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
+
+
+def _files(logs_dir: Path, stem: str, max_bytes: int, backups: int) -> list[logging.Handler]:
+    """``<stem>.log`` (every level) and ``<stem>-error.log`` (errors only), rotated by size."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = []
+    for name, min_level in ((f"{stem}.log", logging.NOTSET), (f"{stem}-error.log", logging.ERROR)):
+        handler = _RotatingFile(logs_dir / name, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        handler.setLevel(min_level)
+        handlers.append(handler)
+    return handlers
 
 
 def _json_renderer() -> structlog.processors.JSONRenderer:

@@ -69,8 +69,11 @@ class WorkerMetrics:
             registry=r,
         )
         self.in_flight = Gauge("orbit_runs_in_flight", "Runs executing in this worker now", registry=r)
+        self._start_series(pipelines)
+
+    def _start_series(self, pipelines: Iterable[str]) -> None:
+        """Series exist from the start, so rate() sees the first increment."""
         for pipeline in pipelines:
-            # Series exist from the start, so rate() sees the first increment.
             self.claimed.labels(pipeline)
             self.retries.labels(pipeline)
             self.recovered.labels(pipeline)
