@@ -14,17 +14,13 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from app import queries
 from app.states import RESUMABLE, RunStatus
 
 log = structlog.get_logger("orbit.recovery")
-
-# One leader at a time across the fleet (rescue, retention, schedules): a transaction-level
-# advisory lock, released when the pass commits.
-LEADER_LOCK = text("SELECT pg_try_advisory_xact_lock(7270186)")
 
 
 class ResumeError(Exception):
@@ -93,7 +89,7 @@ class Rescuer:
     def run_once(self, conn: Connection) -> list[Row[Any]] | None:
         """One pass in the caller's transaction: the runs it recovered (id, pipeline, status,
         attempt, worker_id); None when another worker holds the lock."""
-        if not conn.execute(LEADER_LOCK).scalar():
+        if not queries.lead(conn):
             return None
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
@@ -104,7 +100,7 @@ class Rescuer:
 
         One batch per transaction keeps row locks few and short; the caller repeats.
         """
-        if not conn.execute(LEADER_LOCK).scalar():
+        if not queries.lead(conn):
             return None
         if not self.retention:
             return 0

@@ -18,7 +18,6 @@ from sqlalchemy import Connection
 
 from app import queries
 from app.queries import NewRun
-from app.recovery import LEADER_LOCK
 from app.registry import Pipeline
 
 log = structlog.get_logger("orbit.schedules")
@@ -65,7 +64,7 @@ class Scheduler:
 
     def run_once(self, conn: Connection) -> int | None:
         """One pass in the caller's transaction; None when another worker is the leader."""
-        if not self.pipelines or not conn.execute(LEADER_LOCK).scalar():
+        if not self.pipelines or not queries.lead(conn):
             return None
         now = queries.db_now(conn)
         states = queries.schedule_states(conn, [p.name for p in self.pipelines])

@@ -8,7 +8,9 @@ on the driver under the SQLAlchemy connection (see ``common.on_driver``); the ot
 By concern: ``runs`` (enqueue, steps, reading runs), ``claim`` (the claim, the outcomes and the
 turn that sends both), ``fleet`` (workers, heartbeats, interrupted runs), ``inspect`` (queue depth,
 reports, health) and ``upkeep`` (pauses, retention, schedules); ``common`` holds what they share.
-Callers use ``from app import queries`` and the names below.
+Callers use ``from app import queries`` and the names below. Outside this package are only the
+plumbing of a connection: the liveness ping and the migrations' lock (app.database), and LISTEN
+(app.notifier).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from app.queries.runs import (
 from app.queries.upkeep import (
     count_expired,
     db_now,
+    lead,
     list_pauses,
     list_schedules,
     pause,
@@ -85,6 +88,7 @@ __all__ = [
     "insert_runs",
     "interrupted",
     "landed",
+    "lead",
     "list_pauses",
     "list_runs",
     "list_schedules",

@@ -124,3 +124,13 @@ def save_schedule(conn: Connection, pipeline: str, last_slot: datetime, next_slo
 
 def list_schedules(conn: Connection) -> dict[str, Row[Any]]:
     return {row.pipeline: row for row in conn.execute(_LIST_SCHEDULES)}
+
+
+# One leader at a time across the fleet (rescue, retention, schedules): a transaction-level
+# advisory lock, released when the pass commits (and right through PgBouncer's transaction mode).
+_LEAD = text("SELECT pg_try_advisory_xact_lock(7270186)")
+
+
+def lead(conn: Connection) -> bool:
+    """Take the fleet's leader lock for the caller's transaction; False when another worker holds it."""
+    return bool(conn.execute(_LEAD).scalar())
