@@ -79,7 +79,7 @@ BEGIN
         FROM PUBLIC, orbit_enqueuer, orbit_worker, orbit_operator;
     REVOKE ALL ON SEQUENCE runs_id_seq FROM PUBLIC, orbit_enqueuer, orbit_worker, orbit_operator;
 
-    -- Workers (app/worker.py and the services it drives; SQL in app/queries.py).
+    -- Workers (app/worker/ and the services it drives; SQL in app/queries/).
     GRANT SELECT ON alembic_version, runs, run_steps, workers, pauses, schedules TO orbit_worker;
     GRANT INSERT (pipeline, params, priority, run_at, max_attempts, timeout, key)  -- schedules
         ON runs TO orbit_worker;

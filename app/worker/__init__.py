@@ -6,11 +6,13 @@
 ``session``    the kept connection, each call's deadline, the backoff after a failed call
 ``duties``     the heartbeat, upkeep (rescue, retention, schedules) and the metrics report
 ``shutdown``   what a stop request does, and its deadlines
-``main``       ``python -m app.worker`` and ``orbit worker``
+``observability``  ``/metrics`` and ``/health``, read from the HTTP thread
+``exchange``   the turn with the database (outcomes and claim in one); ``options``: command-line overrides
+``command``    ``python -m app.worker`` and ``orbit worker``
 """
 
+from app.worker.command import add_arguments, build, main, start
 from app.worker.loop import Worker
-from app.worker.main import add_arguments, build, main, start
 from app.worker.options import Options
 
 __all__ = ["Options", "Worker", "add_arguments", "build", "main", "start"]

@@ -1,5 +1,5 @@
 import sys
 
-from app.worker.main import main
+from app.worker.command import main
 
 sys.exit(main())

@@ -65,7 +65,9 @@ class Worker:
         }
         child = ChildConfig(options.worker_id, database, tuple(s.pipeline_modules), s.LOG_LEVEL)
         self.pool = ExecutorPool(options.concurrency, child, on_log=logs.relay, on_kill=self._nudge)
-        self.session = Session(database, s.POLL_INTERVAL.total_seconds(), self.log)
+        self.shutdown = Shutdown(s.SHUTDOWN_GRACE.total_seconds(), s.SHUTDOWN_WRITE_TIMEOUT.total_seconds())
+        poll = s.POLL_INTERVAL.total_seconds()
+        self.session = Session(database, poll, self.log, self.shutdown.write_deadline)
         self.engine = self.session.engine
         self.metrics = WorkerMetrics(self.defaults)
         self.exchange = Exchange(options.worker_id, self.defaults, self.version)
@@ -101,7 +103,6 @@ class Worker:
             s.RECOVERY_INTERVAL.total_seconds(), self.session, rescuer, scheduler, self.metrics
         )
         self.report = Report(s.METRICS_INTERVAL.total_seconds(), self.stats, self.log)
-        self.shutdown = Shutdown(s.SHUTDOWN_GRACE.total_seconds(), s.SHUTDOWN_WRITE_TIMEOUT.total_seconds())
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -149,7 +150,6 @@ class Worker:
         if self.shutdown.request(time.monotonic()):
             self.pool.ask_to_stop()
             self.log.info("Shutting down: no new runs", runs_in_flight=len(self.pool.busy))
-        self.session.last_call_by = self.shutdown.writes_until
 
     @property
     def stopping(self) -> bool:
@@ -272,8 +272,7 @@ class Worker:
         the worker was not stopped): the outcomes held are the only record of what those runs did."""
         if not self.stopping:
             self.shutdown.writes_until = time.monotonic() + self.shutdown.write_timeout
-            self.session.last_call_by = self.shutdown.writes_until
-        self.completer.write_last(lambda: self.shutdown.writes_until, self._sleep)
+        self.completer.write_last(self.shutdown.write_deadline, self._sleep)
         if not self.completer.held:
             # Marked stopped, its runs would be recovered at once: not while outcomes are held.
             self.session.call(lambda conn: registration.stop(conn, self._registration()))

@@ -23,13 +23,15 @@ T = TypeVar("T")
 
 
 class Session:
-    def __init__(self, database: Database, poll_interval: float, log: Any) -> None:
+    def __init__(
+        self, database: Database, poll_interval: float, log: Any, last_call_by: Callable[[], float]
+    ) -> None:
         self.database = database
         self.engine: Engine = database.engine(pool_size=2)
         self.retry_at = 0.0  # after a failed call: when the next may be tried
         self.failures = 0  # failed calls in a row
-        # A stopping worker's calls end by its last try at writing (see Worker.request_stop).
-        self.last_call_by = float("inf")
+        # When a stopping worker's calls must end: its last try at writing (app.worker.shutdown).
+        self.last_call_by = last_call_by
         self._poll_interval = poll_interval
         self._conn = KeptConnection(self.engine)
         self.log = log
@@ -87,7 +89,7 @@ class Session:
         """Seconds a call may take: the database's deadline, or for a stopping worker what is left
         until its last try at writing (at least 1 s), so it is done within SHUTDOWN_GRACE +
         SHUTDOWN_WRITE_TIMEOUT and a few seconds (supervisord.conf)."""
-        left = self.last_call_by - time.monotonic()
+        left = self.last_call_by() - time.monotonic()
         return min(self.database.deadline, max(1.0, left))
 
     def close(self) -> None:

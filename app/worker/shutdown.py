@@ -34,6 +34,10 @@ class Shutdown:
         self.stop_at = self.writes_until = now  # one last try at writing, then saved
         return False
 
+    def write_deadline(self) -> float:
+        """When the last try at writing outcomes ends (infinite until a stop is requested)."""
+        return self.writes_until
+
     def grace_over(self, now: float) -> bool:
         return self.stop_at is not None and now >= self.stop_at
 
