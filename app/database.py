@@ -332,15 +332,20 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+def resolve_or_fail(settings: Settings) -> Database:
+    """:func:`resolve`, or DatabaseError in one line when the embedded server cannot start."""
+    try:
+        return resolve(settings)
+    except Exception as exc:
+        raise DatabaseError(f"cannot start the embedded database: {one_line(exc)}") from None
+
+
 def connect(settings: Settings) -> Database:
     """The database the settings name, reachable and at the schema this code needs (the embedded
     server is started and migrated first); DatabaseError, in one line, when it is not."""
     import structlog
 
-    try:
-        database = resolve(settings)
-    except Exception as exc:
-        raise DatabaseError(f"cannot start the embedded database: {one_line(exc)}") from None
+    database = resolve_or_fail(settings)
     structlog.get_logger("orbit.database").info(
         "Using database", url=database.masked, embedded=database.embedded
     )

@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from app import globs
-from app.database import Database, connect, resolve
+from app.database import connect
 from app.durations import parse_duration
-from app.masking import one_line
 from app.settings import Settings, load_settings_or_exit
 
 # A LIMIT past bigint fails in the database; a million rows is more than a terminal shows.
@@ -39,13 +38,6 @@ def load_settings() -> Settings:
     settings = load_settings_or_exit()
     logs.configure(settings.LOG_LEVEL if settings.LOG_LEVEL != "info" else "warning", "console")
     return settings
-
-
-def resolve_database(settings: Settings) -> Database:
-    try:
-        return resolve(settings)
-    except Exception as exc:
-        raise Failed(f"cannot start the embedded database: {one_line(exc)}") from None
 
 
 def connect_engine(settings: Settings) -> Engine:

@@ -22,9 +22,8 @@ from app.cli.common import (
     plain,
     print_json,
     print_table,
-    resolve_database,
 )
-from app.database import migrate
+from app.database import migrate, resolve_or_fail
 from app.enqueue import EnqueueError, new_run
 from app.masking import one_line
 from app.registry import discover
@@ -34,7 +33,7 @@ from app.states import RunStatus
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
-    database = resolve_database(settings)
+    database = resolve_or_fail(settings)
     try:
         migrate(database.direct_url, args.revision)
     except SQLAlchemyError as exc:
