@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -128,8 +129,8 @@ def new_run(
     run_at: datetime | None = None,
 ) -> NewRun:
     """Validate one run before anything touches the database."""
-    _check_pipeline(pipeline)
-    params, encoded = _checked_params(params)
+    model = _check_pipeline(pipeline).params
+    params, encoded = _checked_params(params if model is None else _validated(model, params))
     _check_priority(priority)
     problem = None if max_attempts is None else registry.attempts_problem(max_attempts)
     if problem:
@@ -152,26 +153,40 @@ def _new_runs(runs: Iterable[tuple[str, Mapping[str, Any] | None]], priority: in
     """``new_run`` for each run of a batch, checking once what is the same for many runs (the
     priority, each pipeline): per run, that was a third of ``enqueue_many``'s own time."""
     _check_priority(priority)
-    known: set[str] = set()
+    models: dict[str, type[BaseModel] | None] = {}
     batch = []
     for pipeline, given in runs:
-        if pipeline not in known:
-            _check_pipeline(pipeline)
-            known.add(pipeline)
-        params, encoded = _checked_params(given)
+        if pipeline not in models:
+            models[pipeline] = _check_pipeline(pipeline).params
+        model = models[pipeline]
+        params, encoded = _checked_params(given if model is None else _validated(model, given))
         batch.append(NewRun(pipeline, params, priority, 0.0, None, None, None, None, encoded))
     return batch
 
 
-def _check_pipeline(pipeline: str) -> None:
+def _check_pipeline(pipeline: str) -> registry.Pipeline:
     if not isinstance(pipeline, str):
         raise EnqueueError(f"pipeline must be a name, not {pipeline!r}")
     if not registry.all_pipelines():
         registry.discover(_extra_modules())
     try:
-        registry.get(pipeline)
+        return registry.get(pipeline)
     except registry.RegistryError as exc:
         raise EnqueueError(str(exc)) from None
+
+
+def _validated(model: type[BaseModel], params: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The params as the pipeline's model accepts them, or EnqueueError naming the first problem."""
+    if params is not None and not isinstance(params, Mapping):
+        raise EnqueueError(f"params must be a JSON object, not {type(params).__name__}")
+    try:
+        return model.model_validate(dict(params or {})).model_dump(mode="json")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "params"
+        more = exc.error_count() - 1
+        also = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise EnqueueError(f"params.{where}: {error['msg']}{also}") from None
 
 
 def _checked_params(params: Mapping[str, Any] | None) -> tuple[Mapping[str, Any], str]:

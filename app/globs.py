@@ -29,8 +29,12 @@ def check(glob: str) -> str:
 
 def to_like(glob: str) -> str:
     """The LIKE pattern matching what ``glob`` matches."""
-    escaped = check(glob).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
+    return escape_like(check(glob)).replace("*", "%").replace("?", "_")
+
+
+def escape_like(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it literally (LIKE's default escape, backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def check_filter(glob: str) -> str:

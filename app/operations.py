@@ -12,9 +12,31 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Engine, Row
 
 from app import globs, queries
+
+
+class OperationError(ValueError):
+    """The operation cannot be done as asked; nothing changed. One line for the user."""
+
+
+def pause(conn: Connection, glob: str, known: set[str], paused_by: str) -> bool:
+    """Pause the pipelines matching ``glob`` fleet-wide; False when it was paused already.
+
+    ``known``: the pipelines the caller loads; with those the workers registered, one must match,
+    since a mistyped glob would pause nothing while the operator believes it does.
+    """
+    try:
+        like = globs.to_like(glob)
+    except globs.GlobError as exc:
+        raise OperationError(str(exc)) from None
+    if not any(globs.matches(glob, name) for name in known | queries.worker_pipelines(conn)):
+        raise OperationError(
+            f"no known pipeline matches {glob!r}: neither ORBIT_PIPELINES nor a registered "
+            "worker has one; nothing was paused"
+        )
+    return queries.pause(conn, glob, like, paused_by)
 
 
 @dataclass(frozen=True)

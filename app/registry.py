@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from app.durations import parse_duration
 
 if TYPE_CHECKING:
@@ -38,6 +40,12 @@ class Pipeline:
     schedule: str | None = None
     schedule_tz: str = "UTC"
     backfill: bool = False
+    # A pydantic model the params must validate against at enqueue (None: any JSON object).
+    params: type[BaseModel] | None = None
+
+    def params_schema(self) -> dict[str, Any] | None:
+        """The params' JSON Schema, for forms and the API; None without a model."""
+        return None if self.params is None else self.params.model_json_schema()
 
 
 _registry: dict[str, Pipeline] = {}
@@ -51,13 +59,15 @@ def pipeline(
     schedule: str | None = None,
     schedule_tz: str = "UTC",
     backfill: bool = False,
+    params: type[BaseModel] | None = None,
 ) -> Callable[[PipelineFn], PipelineFn]:
     """Register ``fn(ctx, params)`` as the pipeline ``name``.
 
     ``timeout`` is in seconds (or a duration such as ``"10m"``); without it the worker's
     ``MAX_EXECUTION_TIMEOUT`` applies. ``max_attempts`` counts the first attempt. ``schedule``
     is a cron expression (``"0 6 * * *"``) read in ``schedule_tz``; slots missed while no worker
-    ran are skipped unless ``backfill``.
+    ran are skipped unless ``backfill``. ``params``, a pydantic model, makes every enqueue
+    validate the params against it (and store them as the model dumps them, defaults filled in).
     """
     if not isinstance(name, str) or not name or len(name) > 200:
         raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
@@ -67,13 +77,17 @@ def pipeline(
     limit = None if timeout is None else _timeout(name, timeout)
     if schedule is not None:
         check_schedule(name, schedule, schedule_tz)
+    if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
+        raise RegistryError(f"pipeline {name}: params must be a pydantic model class, not {params!r:.60}")
 
     def register(fn: PipelineFn) -> PipelineFn:
         where = f"{fn.__module__}.{fn.__qualname__}"
         existing = _registry.get(name)
         if existing is not None and existing.where != where:
             raise RegistryError(f"pipeline {name!r} is defined twice: in {existing.where} and in {where}")
-        _registry[name] = Pipeline(name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill)
+        _registry[name] = Pipeline(
+            name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill, params
+        )
         return fn
 
     return register

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     ORBIT_PROCESS_NUM: int = Field(default=0, ge=0, le=1000)
     QUEUE_METRICS_INTERVAL: Duration = timedelta(seconds=5)
 
+    # orbit serve: the HTTP API and the console. Without any API token it serves loopback only.
+    SERVE_HOST: str = "127.0.0.1"
+    SERVE_PORT: int = Field(default=8080, ge=0, le=65535)
+    # Writes (enqueue, cancel, retry, ...) each token may make per minute, per serve process.
+    SERVE_WRITE_RATE: int = Field(default=6000, ge=1, le=10_000_000)
+    # How often a serve process reads what changed, for its live views (GET /api/events).
+    SERVE_EVENTS_INTERVAL: Duration = timedelta(seconds=1)
+
     # Health rules (`orbit health`, GET /health); the defaults are the alert rules of the guide.
     HEALTH_FAILURE_RATE: float = Field(default=5.0, ge=0, le=100)
     HEALTH_FAILURE_WINDOW: Duration = timedelta(minutes=5)
@@ -132,7 +140,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent_intervals(self) -> Settings:
-        for name in ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "STATEMENT_TIMEOUT", "MAX_EXECUTION_TIMEOUT"):
+        for name in (
+            "POLL_INTERVAL",
+            "HEARTBEAT_INTERVAL",
+            "STATEMENT_TIMEOUT",
+            "MAX_EXECUTION_TIMEOUT",
+            "SERVE_EVENTS_INTERVAL",
+        ):
             if getattr(self, name) is not None and getattr(self, name) <= timedelta(0):
                 raise ValueError(f"{name}: must be greater than zero")
         # A heartbeat is written every HEARTBEAT_INTERVAL, and one may be late by a slow turn: with

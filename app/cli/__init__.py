@@ -7,7 +7,8 @@ exception: 0 healthy, 1 warning, 2 error.
 
 Commands are grouped by what they work on: ``runs`` (migrate, enqueue, status, runs), ``fleet``
 (workers, metrics, health), ``interrupted`` (check-interrupted, recover, resume, cancel, outcomes)
-and ``control`` (pause, unpause, pauses, drain, schedules, prune); ``common`` holds what they share.
+``control`` (pause, unpause, pauses, drain, schedules, prune) and ``access`` (serve, token);
+``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import arguments, recovery, worker
-from app.cli import control, fleet, interrupted, runs
+from app.cli import access, control, fleet, interrupted, runs
 from app.cli.common import Failed, UsageError
 from app.database import DatabaseError
 from app.enqueue import EnqueueError
@@ -69,4 +70,5 @@ def build_parser() -> argparse.ArgumentParser:
     interrupted.add_commands(command)
     control.add_commands(command)
     interrupted.add_outcome_commands(command)
+    access.add_commands(command)
     return parser

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from app import globs, operations, queries, recovery
+from app import operations, queries, recovery
 from app.cli.common import (
     Command,
     Failed,
@@ -38,19 +38,12 @@ def _paused_by() -> str:
 
 
 def _pause(glob: str) -> bool:
-    like = like_pattern(glob)
+    like_pattern(glob)
     known = set(discover(load_settings().pipeline_modules))
-
-    def pause(conn: Connection) -> bool:
-        # A mistyped glob would pause nothing while the operator believes it does.
-        if not any(globs.matches(glob, name) for name in known | queries.worker_pipelines(conn)):
-            raise UsageError(
-                f"no known pipeline matches {glob!r}: neither ORBIT_PIPELINES nor a registered "
-                "worker has one; nothing was paused"
-            )
-        return queries.pause(conn, glob, like, _paused_by())
-
-    return bool(in_transaction(pause))
+    try:
+        return bool(in_transaction(lambda conn: operations.pause(conn, glob, known, _paused_by())))
+    except operations.OperationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_pause(args: argparse.Namespace) -> int:

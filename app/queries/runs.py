@@ -70,6 +70,11 @@ class NewRun(NamedTuple):
 
 def insert_run(conn: Connection, run: NewRun) -> int:
     """Insert one run; with a key that is live already, return the live run's id."""
+    return insert_run_once(conn, run)[0]
+
+
+def insert_run_once(conn: Connection, run: NewRun) -> tuple[int, bool]:
+    """As :func:`insert_run`, and whether this call inserted it (False: a live run has its key)."""
     values = {
         "pipeline": run.pipeline,
         "params": run.encoded_params,
@@ -84,11 +89,11 @@ def insert_run(conn: Connection, run: NewRun) -> int:
         while True:
             inserted = driver.execute(_INSERT_RUN, values).fetchone()
             if inserted is not None:
-                return int(inserted[0])
+                return int(inserted[0]), True
             # The key is held by a live run; it may finish before we read it, then insert again.
             existing = driver.execute(_LIVE_RUN_BY_KEY, {"key": run.key}).fetchone()
             if existing is not None:
-                return int(existing[0])
+                return int(existing[0]), False
 
 
 _PIPELINE = attrgetter("pipeline")

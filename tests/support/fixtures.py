@@ -91,7 +91,10 @@ def engine(session_engine: Engine) -> Engine:
     """The test database, emptied before the test."""
     with session_engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE runs, run_steps, workers, pauses, schedules, executions RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE runs, run_steps, workers, pauses, schedules, executions, api_tokens,"
+                " console_sessions RESTART IDENTITY CASCADE"
+            )
         )
     return session_engine
 

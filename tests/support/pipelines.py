@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
+from pydantic import BaseModel, Field
 
 from app import Context, FailNow, Snooze, pipeline
 
@@ -377,3 +378,16 @@ def terminate_child(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         }
     finally:
         child.kill()
+
+
+class TypedParams(BaseModel):
+    """The params of test.typed: a model the API, the CLI and enqueue() validate against."""
+
+    customer: str = Field(min_length=1)
+    days: int = Field(default=7, ge=1)
+    format: Literal["csv", "pdf"] = "csv"
+
+
+@pipeline("test.typed", max_attempts=1, params=TypedParams)
+def typed(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    return params
