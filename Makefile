@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # `make supervise`: how many worker processes, and where supervisord and the workers write logs.
 ORBIT_WORKERS ?= 2
+ORBIT_SERVE ?= true
 LOGS_DIR ?= logs
 
-.PHONY: install run worker migrate test unit test-matrix lint format reliability bench supervise clean
+.PHONY: install run serve worker migrate test unit test-matrix lint format reliability bench supervise clean
 
 install: $(STAMP)
 
@@ -24,11 +25,18 @@ $(VENV)/.matrix: $(STAMP)
 	bash scripts/install-pg14 $(BIN)/python
 	touch $@
 
-## run: migrate, enqueue a demo run and start a worker (embedded Postgres unless DATABASE_URL is set)
+## run: migrate, enqueue demo runs, start the console (orbit serve, its URL printed) and a worker
+## (embedded Postgres unless DATABASE_URL is set); Ctrl-C stops both
 run: install
 	$(BIN)/orbit migrate
 	$(BIN)/orbit enqueue demo.hello --params '{"name": "Orbit"}'
-	$(BIN)/python -m app.worker
+	$(BIN)/orbit enqueue demo.report --params '{"customer": "acme"}'
+	$(BIN)/orbit serve & serve=$$!; trap 'kill $$serve 2>/dev/null; wait $$serve' EXIT INT TERM; \
+		$(BIN)/python -m app.worker
+
+## serve: the HTTP API and console on SERVE_HOST:SERVE_PORT (127.0.0.1:8080)
+serve: install
+	$(BIN)/orbit serve
 
 worker: install
 	$(BIN)/python -m app.worker
@@ -66,7 +74,8 @@ bench: install
 
 supervise: install
 	mkdir -p $(LOGS_DIR)
-	ORBIT_WORKERS=$(ORBIT_WORKERS) LOGS_DIR=$(abspath $(LOGS_DIR)) PATH="$(CURDIR)/$(BIN):$$PATH" \
+	ORBIT_WORKERS=$(ORBIT_WORKERS) ORBIT_SERVE=$(ORBIT_SERVE) LOGS_DIR=$(abspath $(LOGS_DIR)) \
+		PATH="$(CURDIR)/$(BIN):$$PATH" \
 		$(BIN)/supervisord -n -c supervisord.conf
 
 clean:

@@ -7,6 +7,8 @@
 --   orbit_enqueuer  insert pending runs (enqueue(), enqueue_many(), `orbit enqueue`, or
 --                   INSERT INTO runs (pipeline, params, ...)) and read runs and their steps.
 --   orbit_operator  cancel, resume, recover, pause, unpause, drain and prune; read everything.
+--   orbit_server    what `orbit serve` does: an enqueuer's and an operator's statements, and the
+--                   API tokens and console sessions (`orbit token` too).
 --
 -- Run it as a superuser, once before the first `orbit migrate` and again after every migration:
 --     psql "$DIRECT_URL" -f deploy/roles.sql
@@ -17,6 +19,7 @@
 --     CREATE ROLE etl_worker  LOGIN PASSWORD '...' IN ROLE orbit_worker;
 --     CREATE ROLE billing_api LOGIN PASSWORD '...' IN ROLE orbit_enqueuer;
 --     CREATE ROLE oncall      LOGIN PASSWORD '...' IN ROLE orbit_operator;
+--     CREATE ROLE console     LOGIN PASSWORD '...' IN ROLE orbit_server;
 -- `orbit migrate` run by a member of orbit_migrator (not a superuser) switches to that role, so
 -- what a migration creates belongs to orbit_migrator, not to whichever member ran it.
 --
@@ -40,12 +43,16 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orbit_operator') THEN
         CREATE ROLE orbit_operator NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orbit_server') THEN
+        CREATE ROLE orbit_server NOLOGIN IN ROLE orbit_enqueuer, orbit_operator;
+    END IF;
 END $$;
 
 -- Before PostgreSQL 15 every role could create objects in the public schema.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO orbit_migrator;
-GRANT USAGE ON SCHEMA public TO orbit_enqueuer, orbit_worker, orbit_operator;
+GRANT USAGE ON SCHEMA public TO orbit_enqueuer, orbit_worker, orbit_operator, orbit_server;
+GRANT orbit_enqueuer, orbit_operator TO orbit_server;
 
 -- Earlier versions of this file granted these by default on every new table; nothing is now.
 ALTER DEFAULT PRIVILEGES FOR ROLE orbit_migrator IN SCHEMA public
@@ -70,6 +77,17 @@ BEGIN
     ALTER TABLE pauses OWNER TO orbit_migrator;
     ALTER TABLE schedules OWNER TO orbit_migrator;
     ALTER VIEW orbit_queue_summary OWNER TO orbit_migrator;
+    IF to_regclass('public.api_tokens') IS NOT NULL THEN
+        ALTER TABLE api_tokens OWNER TO orbit_migrator;
+        ALTER TABLE console_sessions OWNER TO orbit_migrator;
+        REVOKE ALL ON api_tokens, console_sessions
+            FROM PUBLIC, orbit_enqueuer, orbit_worker, orbit_operator, orbit_server;
+        -- orbit serve and orbit token: tokens by the hash of their secret, console sessions.
+        GRANT SELECT, INSERT (name, role, secret_hash, created_by), UPDATE (last_used_at), DELETE
+            ON api_tokens TO orbit_server;
+        GRANT SELECT, INSERT (id_hash, token_name, csrf, expires_at), DELETE
+            ON console_sessions TO orbit_server;
+    END IF;
     ALTER VIEW orbit_interrupted_runs OWNER TO orbit_migrator;
     ALTER FUNCTION orbit_notify_runs() OWNER TO orbit_migrator;
     ALTER FUNCTION orbit_refuse_run_id() OWNER TO orbit_migrator;

@@ -110,9 +110,10 @@ def timeline(run: Mapping[str, Any]) -> list[dict[str, Any]]:
     span = max((last - origin).total_seconds(), 1e-3)
     bars = []
     for step, start, end in zip(steps, starts, ends, strict=True):
-        left = (start - origin).total_seconds() / span * 100
-        width = max(((end or last) - start).total_seconds() / span * 100, 0.5)
-        bars.append({**step, "left": round(left, 2), "width": round(min(width, 100 - left), 2)})
+        # Every step stays visible: at least half a percent wide, and inside the track.
+        left = min((start - origin).total_seconds() / span * 100, 99.5)
+        width = max(min(((end or last) - start).total_seconds() / span * 100, 100 - left), 0.5)
+        bars.append({**step, "left": round(left, 2), "width": round(width, 2)})
     return bars
 
 

@@ -161,7 +161,7 @@ def release_db(server: TestServer) -> Iterator[Scratch]:
 
 
 def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0006)."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0007)."""
     env = {**worker_env, **release_db.env()}
     migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
@@ -178,7 +178,7 @@ def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str,
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
-        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0005_claim_plan",)]
-        assert _rows(engine, "SELECT tgname FROM pg_trigger WHERE tgname = 'runs_id_from_sequence'") == []
+        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0006_run_ids",)]
+        assert not {"api_tokens", "console_sessions"} & tables
     finally:
         engine.dispose()

@@ -3,19 +3,21 @@ restarting them as the runbook does loses nothing and runs nothing twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
 from app import enqueue
 from app.states import RunStatus
-from tests.support import runbook
+from tests.support import http, runbook
 from tests.support.paths import ROOT
 from tests.support.runbook import Command
 from tests.support.runs import executions, fetch_run
@@ -29,7 +31,8 @@ def fleet_env(worker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     logs = tmp_path / "sv"
     logs.mkdir()
     # A short grace keeps the test fast; stopwaitsecs (60s) stays above it as in production.
-    return {**worker_env, "ORBIT_WORKERS": "2", "LOGS_DIR": str(logs), "SHUTDOWN_GRACE": "10s"}
+    fleet = {"ORBIT_WORKERS": "2", "LOGS_DIR": str(logs), "SHUTDOWN_GRACE": "10s"}
+    return {**worker_env, **fleet, "ORBIT_SERVE": "true", "SERVE_PORT": str(http.free_port())}
 
 
 @pytest.fixture
@@ -89,6 +92,11 @@ def _running_status(env: dict[str, str]) -> str:
     return out if "RUNNING" in out else ""
 
 
+def _answer(port: int, path: str) -> Any:
+    reply = http.answers(port, path)
+    return json.loads(reply.body) if reply is not None and reply.status == 200 else None
+
+
 def _live(engine: Engine) -> int:
     with engine.connect() as conn:
         sql = "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')"
@@ -109,6 +117,10 @@ def test_supervisord_fleet_drains_a_queue_and_a_graceful_stop_loses_nothing(
     assert "stopped" in _ctl(fleet_env, "stop", name)
 
     wait_until(lambda: _live(engine) == 0, what="every run to finish")
+    # orbit serve runs beside the workers and answers from the same database.
+    port = int(fleet_env["SERVE_PORT"])
+    stats = wait_until(lambda: _answer(port, "/queue/stats"), 30, "orbit serve to answer")
+    assert stats["byStatus"]["succeeded"] == 41
     long = fetch_run(engine, long_run)
     assert (long.status, long.result, long.error) == (RunStatus.SUCCEEDED, "stopped early", None)
     assert all(fetch_run(engine, i).status == RunStatus.SUCCEEDED for i in records)
@@ -133,7 +145,8 @@ def test_supervisord_fleet_drains_a_queue_and_a_graceful_stop_loses_nothing(
 
 def _both_running(env: dict[str, str]) -> str:
     out = _ctl(env, "status")
-    return out if out.count("RUNNING") == 2 else ""
+    workers = [line for line in out.splitlines() if line.startswith("orbit-worker")]
+    return out if sum("RUNNING" in line for line in workers) == 2 else ""
 
 
 class _Feeder(threading.Thread):
@@ -194,5 +207,5 @@ def test_make_supervise_takes_the_number_of_workers_and_the_logs_directory(
     (scaled,) = [c for c in runbook.commands("The fleet under supervisord", "make") if "=" in c.line]
     dry = Command(scaled.section, scaled.line.replace("make ", "make -n ", 1))
     recipe = " ".join(runbook.run(dry, fleet_env).stdout.replace("\\\n", " ").split())
-    assert "ORBIT_WORKERS=8 LOGS_DIR=/var/log/orbit" in recipe
+    assert "ORBIT_WORKERS=8 ORBIT_SERVE=true LOGS_DIR=/var/log/orbit" in recipe
     assert "supervisord -n -c supervisord.conf" in recipe

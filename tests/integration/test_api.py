@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 from structlog.testing import capture_logs
 
 from app import access, enqueue_many, registry
 from app.serve import create_app
 from app.settings import Settings
+from tests.support import http
 from tests.support.runs import fetch_run, finished_run, pending_run, running_run, worker_row
 
 BASE = "http://127.0.0.1"
@@ -220,11 +220,7 @@ def test_metrics_are_prometheus_text_of_the_fleet(client: TestClient, engine: En
     worker_row(engine, "w-1")
     reply = client.get("/metrics")
     assert reply.headers["content-type"].startswith("text/plain")
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(reply.text)
-        for s in family.samples
-    }
+    samples = http.samples(reply.text)
     assert samples[("orbit_queue_depth", (("pipeline", "test.noop"), ("status", "pending")))] == 1
     assert samples[("orbit_oldest_pending_run_age_seconds", (("pipeline", "test.noop"),))] >= 29
     assert samples[("orbit_fleet_finished_runs", (("pipeline", "test.echo"), ("status", "failed")))] == 1

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 
+from app.access import Role
 from app.database import DatabaseError, check_schema, downgrade, make_engine, migrate
 from app.states import RunStatus, StepStatus
 from tests.support.paths import ROOT
 from tests.support.servers import Scratch, TestServer
 
-TABLES = {"runs", "run_steps", "workers", "pauses", "schedules"}
+TABLES = {"runs", "run_steps", "workers", "pauses", "schedules", "api_tokens", "console_sessions"}
 
 
 @pytest.fixture
@@ -77,6 +78,17 @@ def test_status_check_constraints_match_the_enums(engine: Engine) -> None:
     """The database's CHECK constraints list exactly the states of RunStatus and StepStatus."""
     assert _check_values(engine, "runs") == {str(s) for s in RunStatus}
     assert _check_values(engine, "run_steps") == {str(s) for s in StepStatus}
+
+
+def test_token_role_check_matches_the_roles(engine: Engine) -> None:
+    """api_tokens.role accepts exactly the names of app.access.Role."""
+    with engine.connect() as conn:
+        definition = conn.execute(
+            text("""SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                    WHERE conrelid = CAST('api_tokens' AS regclass) AND contype = 'c'
+                      AND pg_get_constraintdef(oid) LIKE '%role%'""")
+        ).scalar_one()
+    assert set(re.findall(r"'(\w+)'::text", definition)) == {str(role) for role in Role}
 
 
 def test_a_plain_sql_insert_gets_sensible_defaults(engine: Engine) -> None:

@@ -60,6 +60,7 @@ LOGINS = {
     "worker": "orbit_worker",
     "enqueuer": "orbit_enqueuer",
     "operator": "orbit_operator",
+    "server": "orbit_server",
 }
 
 
@@ -356,6 +357,60 @@ FORBIDDEN = {
         "DELETE FROM run_steps",
     ],
 }
+
+
+def test_the_server_role_runs_orbit_serve_and_orbit_token(
+    secured: Secured, orbit: Callable[..., Any], make_settings: Callable[..., Any]
+) -> None:
+    """As orbit_server: tokens are made and checked, the console signs in, and every endpoint's
+    statements are allowed (no 403 from the database, no 5xx)."""
+    from fastapi.testclient import TestClient
+
+    from app import registry
+    from app.database import make_engine
+    from app.serve import create_app
+
+    made = orbit("token", "create", "ops", "--role", "admin", env=secured.env("server"))
+    assert made.returncode == 0, made.stderr
+    bearer = {"Authorization": f"Bearer {made.stdout.splitlines()[-1]}"}
+    engine = make_engine(secured.urls["server"])
+    app = create_app(make_settings(DATABASE_URL=secured.urls["server"]), engine, registry.all_pipelines())
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            run_id = client.post("/queue/enqueue", json={"pipeline": "test.noop"}, headers=bearer).json()[
+                "id"
+            ]
+            batch = client.post("/queue/enqueue", json=[{"pipeline": "test.noop"}] * 3, headers=bearer)
+            assert batch.status_code == 201
+            calls = [
+                ("get", f"/queue/status/{run_id}", None),
+                ("get", "/queue/stats", None),
+                ("get", "/queue/workers", None),
+                ("get", "/api/runs?text=x", None),
+                ("get", "/api/pipelines", None),
+                ("get", "/api/metrics", None),
+                ("get", "/metrics", None),
+                ("get", "/api/tokens", None),
+                ("post", f"/api/runs/{run_id}/cancel", None),
+                ("post", f"/api/runs/{run_id}/retry", {}),
+                ("post", "/api/runs/cancel", {"pipeline": "test.noop"}),
+                ("post", "/api/runs/retry", {"pipeline": "test.noop"}),
+                ("post", "/api/pipelines/pause", {"pipeline": "test.noop"}),
+                ("post", "/api/pipelines/drain", {"pipeline": "test.noop"}),
+                ("post", "/api/pipelines/unpause", {"pipeline": "test.noop"}),
+                ("post", "/queue/flush", {"pipeline": "test.*"}),
+                ("post", "/api/tokens", {"name": "viewer-1"}),
+                ("delete", "/api/tokens/viewer-1", None),
+            ]
+            for method, path, body in calls:
+                reply = client.request(method, path, json=body, headers=bearer)
+                assert reply.status_code < 300, (path, reply.text)
+            signed_in = client.post(
+                "/login", data={"token": bearer["Authorization"][7:]}, follow_redirects=False
+            )
+            assert signed_in.status_code == 303 and client.get("/console/overview").status_code == 200
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize(
