@@ -24,6 +24,8 @@ def check(glob: str) -> str:
         )
     if "[" in glob or "]" in glob:
         raise GlobError(f"bad glob {glob!r}: only * and ? are supported, not [...]")
+    if "\x00" in glob:
+        raise GlobError(f"bad glob {glob!r}: it cannot hold a NUL character")
     return glob
 
 

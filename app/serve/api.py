@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import access, globs, health
+from app import access, health
 from app.access import Role
 from app.durations import parse_duration
 from app.queries import RunFilter
@@ -65,26 +65,13 @@ class Filter(BaseModel):
     until: datetime | None = None
 
     def where(self) -> RunFilter:
-        return run_filter(self.status, self.pipeline, self.text, self.since, self.until)
+        return views.run_filter(self.status, self.pipeline, self.text, self.since, self.until)
 
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     role: str = "viewer"
-
-
-def run_filter(
-    status: RunStatus | None, pipeline: str | None, text: str | None, since: Any, until: Any
-) -> RunFilter:
-    try:
-        like = None if not pipeline else globs.to_like(pipeline)
-    except globs.GlobError as exc:
-        raise HTTPException(400, str(exc)) from None
-    if text is not None and "\x00" in text:
-        raise HTTPException(400, "text cannot hold a NUL character")
-    contains = None if not text else "%" + globs.escape_like(text) + "%"
-    return RunFilter(None if status is None else str(status), like, contains, since, until)
 
 
 def _window(since: str) -> timedelta:
@@ -218,7 +205,7 @@ def runs(
     limit: Annotated[int, Query(ge=1, le=views.MAX_PAGE)] = views.DEFAULT_PAGE,
 ) -> Any:
     """Runs, newest first; ``next_before`` is the cursor of the next page (null on the last)."""
-    where = run_filter(status, pipeline, text, since, until)
+    where = views.run_filter(status, pipeline, text, since, until)
     with server(request).read() as conn:
         page = views.runs_page(conn, where, before, limit)
     return {"runs": page.runs, "next_before": page.next_before}

@@ -76,12 +76,8 @@ def create_app(settings: Settings, engine: Engine, known: dict[str, registry.Pip
     return app
 
 
-def _wants_html(request: Request) -> bool:
-    return request.url.path in console.PAGES or request.url.path.startswith("/console/")
-
-
 def _error(request: Request, status: int, message: str, headers: Any = None) -> Response:
-    if _wants_html(request):
+    if console.is_console(request.url.path):
         if status == 401 and request.method == "GET":
             return RedirectResponse("/login", status_code=303)
         return HTMLResponse(console.error_fragment(message), status_code=status, headers=headers)
@@ -103,6 +99,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def database(request: Request, exc: SQLAlchemyError) -> Response:
+        if "NUL (0x00)" in str(exc):  # psycopg refuses it before sending: bad input, nothing written
+            return _error(request, 400, "text cannot hold a NUL character")
         log.warning("Database error in a request", path=request.url.path, error=one_line(exc))
         return _error(request, 503, f"database unavailable: {one_line(exc)}"[:300])
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import escape
+from starlette.concurrency import run_in_threadpool
 
 from app import access, health, queries
 from app.access import SESSION_HOURS, Role
@@ -26,6 +27,12 @@ from app.states import RunStatus
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(resources.files("app.serve") / "templates"))
 PAGES = frozenset({"/", "/runs", "/pipelines", "/workers", "/docs"})
+
+
+def is_console(path: str) -> bool:
+    """A path the console answers with HTML (a page, a run's page or a fragment), errors included."""
+    return path in PAGES or path.startswith(("/runs/", "/console/"))
+
 
 Viewer = Annotated[Caller, Depends(caller(Role.VIEWER, "the console"))]
 
@@ -122,11 +129,9 @@ def _filter_args(request: Request) -> dict[str, str]:
 
 
 def _where(args: dict[str, str]) -> RunFilter:
-    from app.serve.api import run_filter
-
     status = RunStatus(args["status"]) if args.get("status") in set(RunStatus) else None
     since, until = (_time(args.get(k)) for k in ("since", "until"))
-    return run_filter(status, args.get("pipeline"), args.get("text"), since, until)
+    return views.run_filter(status, args.get("pipeline"), args.get("text"), since, until)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -337,7 +342,5 @@ async def trigger(request: Request, who: Operator) -> Response:
             run_id = actions.enqueue(conn, [ask])[0][0]
         audit(who, "enqueue", pipelines=[name], runs=1, first=run_id)
         return f"Run {run_id} of {name} enqueued."
-
-    from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(_acting, "trigger", do)

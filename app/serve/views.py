@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from fastapi import HTTPException
 from sqlalchemy import Connection
 
-from app import queries, registry, schedules
+from app import globs, queries, registry, schedules
 from app.durations import format_duration
 from app.queries import RunFilter
 from app.settings import Settings
+from app.states import RunStatus
 from app.stats import build_report
 
 # A page of runs: enough for a screen, small enough to read at once.
@@ -177,3 +179,16 @@ def chart(conn: Connection, minutes: int = CHART_MINUTES) -> list[dict[str, Any]
         succeeded, failed = (0, 0) if row is None else (row.succeeded, row.failed)
         points.append({"minute": minute.isoformat(), "succeeded": succeeded, "failed": failed})
     return points
+
+
+def run_filter(
+    status: RunStatus | None, pipeline: str | None, text: str | None, since: Any, until: Any
+) -> RunFilter:
+    try:
+        like = None if not pipeline else globs.to_like(pipeline)
+    except globs.GlobError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if text is not None and "\x00" in text:
+        raise HTTPException(400, "text cannot hold a NUL character")
+    contains = None if not text else "%" + globs.escape_like(text) + "%"
+    return RunFilter(None if status is None else str(status), like, contains, since, until)

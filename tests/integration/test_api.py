@@ -447,3 +447,19 @@ def test_openapi_document_lists_the_endpoints(client: TestClient) -> None:
         assert path in paths
     assert "/console/bulk" not in paths
     assert client.get("/docs").status_code == 200
+
+
+def test_nul_characters_are_refused_in_one_line(client: TestClient, engine: Engine) -> None:
+    """A NUL in a glob, a filter or a name is a 400 that says so, never a database error."""
+    pending_run(engine, "test.echo")
+    for method, path, body in (
+        ("POST", "/queue/flush", {"pipeline": "test.\x00*"}),
+        ("POST", "/api/pipelines/pause", {"pipeline": "a\x00"}),
+        ("POST", "/api/pipelines/unpause", {"pipeline": "a\x00"}),
+        ("GET", "/api/runs?text=a%00", None),
+        ("POST", "/api/tokens", {"name": "a\x00", "role": "viewer"}),
+    ):
+        reply = client.request(method, path, json=body)
+        assert reply.status_code in (400, 422), (path, reply.text)
+        assert "NUL" in error_of(reply) or "name" in error_of(reply), (path, reply.text)
+    assert count_runs(engine) == 1

@@ -71,3 +71,8 @@ def test_a_filter_that_is_no_glob_is_refused(glob: str) -> None:
     """Empty, padded, or with an unclosed bracket: ValueError (a bad setting, exit 2)."""
     with pytest.raises(ValueError, match="a glob such as"):
         globs.check_filter(glob)
+
+
+def test_a_nul_character_is_refused() -> None:
+    with pytest.raises(globs.GlobError, match="NUL"):
+        globs.to_like("a\x00b")
