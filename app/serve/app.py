@@ -91,6 +91,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if _body_is_not_json(request, exc.errors()):
+            return _error(request, 415, "the body must be JSON: send Content-Type: application/json")
         return _error(request, 422, validation_message(exc.errors()))
 
     @app.exception_handler(AccessError)
@@ -110,11 +112,35 @@ def _errors(app: FastAPI) -> None:
         return _error(request, 500, f"internal error: {type(exc).__name__}")
 
 
+def _body_is_not_json(request: Request, errors: Any) -> bool:
+    """A JSON endpoint called without the JSON content type (``curl -d`` sends a form's): FastAPI
+    then reads no body at all, and its own message would blame the fields."""
+    if console.is_console(request.url.path) or request.method not in ("POST", "PUT", "PATCH"):
+        return False
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind != "application/json" and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+
+
 def validation_message(errors: Any) -> str:
     """The first problem of a request, in one line: where, and what."""
-    errors = list(errors)
+    errors = _one_branch(list(errors))
     first = errors[0] if errors else {}
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    where = ".".join(str(part) for part in first.get("loc", ()) if not _tag(part)) or "request"
     more = len(errors) - 1
     also = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
     return f"{where}: {first.get('msg', 'invalid')}{also}"
+
+
+def _tag(part: Any) -> bool:
+    """A location part that names no field: the body itself, or a union's branch (a type name)."""
+    return part == "body" or (isinstance(part, str) and (part[:1].isupper() or "[" in part))
+
+
+def _one_branch(errors: list[Any]) -> list[Any]:
+    """A body that may be one object or a list of them fails both ways: keep the problems of the
+    branch the body was meant for (an object's fields, or a list's items)."""
+    listed = [e for e in errors if any(isinstance(p, str) and "[" in p for p in e.get("loc", ()))]
+    single = [e for e in errors if e not in listed]
+    if listed and all(len(e.get("loc", ())) <= 2 for e in single):
+        return listed  # the body is not an object at all: say what is wrong with it as a list
+    return single or errors

@@ -463,3 +463,16 @@ def test_nul_characters_are_refused_in_one_line(client: TestClient, engine: Engi
         assert reply.status_code in (400, 422), (path, reply.text)
         assert "NUL" in error_of(reply) or "name" in error_of(reply), (path, reply.text)
     assert count_runs(engine) == 1
+
+
+def test_a_body_sent_without_the_json_type_or_of_the_wrong_shape_says_so(
+    client: TestClient, engine: Engine
+) -> None:
+    """``curl -d`` without Content-Type: 415 naming the header; a wrong item in a list names its index."""
+    form = client.post("/queue/enqueue", content=b'{"pipeline": "test.echo"}')
+    assert form.status_code == 415 and "Content-Type: application/json" in error_of(form)
+    one = client.post("/queue/enqueue", json={"pipeline": "test.echo", "params": [1]})
+    assert (one.status_code, error_of(one)) == (422, "params: Input should be a valid dictionary")
+    listed = client.post("/queue/enqueue", json=[{"pipeline": "test.echo", "params": {}}, {"params": 1}])
+    assert listed.status_code == 422 and error_of(listed).startswith("1.")
+    assert count_runs(engine) == 0
