@@ -1,4 +1,4 @@
-"""Orbit's benchmark: enqueue, drain, pickup latency, claim cost and executor overhead, in one table.
+"""Orbit's benchmark: enqueue (also over HTTP), drain, pickup latency, claim cost and executor overhead.
 
 ``python -m bench`` (``make bench``) runs against the configured server (``DATABASE_URL``, else the
 embedded one) in a scratch database it creates and drops on ``DIRECT_URL``, so it never touches
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from app import enqueue, enqueue_many, queries
 from app.database import Database, libpq_url, make_engine, migrate, resolve
 from app.settings import load_settings_or_exit
 from app.testing import scratch_database
-from bench import executor, plain
+from bench import executor, http, plain
 from tests.support.claim_plan import explain_claim
 
 NOOP = {"bench.noop": (3, 60.0)}
@@ -47,11 +48,23 @@ class Size:
     work_jobs: int
     processes: tuple[int, ...]
     big_table: bool
+    api_requests: int = 1_000
+    api_batches: int = 5
 
 
 FULL = Size(jobs=20_000, single=2_000, pickups=200, work_jobs=2_000, processes=(1, 2, 4, 8), big_table=True)
-QUICK = Size(jobs=300, single=30, pickups=10, work_jobs=40, processes=(1, 2), big_table=False)
+QUICK = Size(
+    jobs=300,
+    single=30,
+    pickups=10,
+    work_jobs=40,
+    processes=(1, 2),
+    big_table=False,
+    api_requests=50,
+    api_batches=2,
+)
 EXECUTOR_RUNS = 20_000
+API_BATCH = 1_000
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,31 @@ class Bench:
             else:
                 with self.engine.begin() as conn:
                     enqueue("bench.noop", {}, connection=conn)
+
+    def http_api(self) -> tuple[http.Singles, float, float, int | None]:
+        """``orbit serve``'s ``POST /queue/enqueue``, one run per request and a batch per request,
+        and ``enqueue()`` at the same concurrency (see bench/http.py): the single requests, and
+        the runs per second of ``enqueue()`` and of the batch, and the server's exit status on
+        SIGTERM. The runs are removed afterwards."""
+        size = self.size
+        # Not throttled by the per-token write limit; no audit line per request.
+        env = {**self.env, "LOG_LEVEL": "warning", "SERVE_WRITE_RATE": "10000000"}
+        self.reset()
+        with http.serving(env, self.engine, lambda procs: self.finish(procs, "orbit serve")) as api:
+            singles = http.singles(api, size.api_requests)
+            answered = size.api_requests + http.CLIENTS - singles.failures.total()  # with the warm-ups
+            if self._count("SELECT count(*) FROM runs") != answered:
+                raise SystemExit(f"bench: the API answered 201 {answered} times, runs has another count")
+            self.reset()
+            batch = http.batch(api, API_BATCH, size.api_batches)
+        self.reset()
+        engine = self.database.engine(pool_size=http.CLIENTS)
+        try:
+            python = http.python_enqueue(engine, size.api_requests)
+        finally:
+            engine.dispose()
+        self.reset()
+        return singles, python, batch, api.exit_code
 
     def pickup_ms(self) -> tuple[list[float], list[float]]:
         """Enqueue one run at a time to an idle fleet of two workers, in ms: enqueue to the
@@ -328,6 +366,33 @@ def measure(bench: Bench) -> Iterator[Row]:
     in_transaction = rates["single in transaction"]
     yield Row("single enqueue, in the caller's transaction (jobs/s)", f"{in_transaction:,.0f}")
     yield Row("single enqueue, plain loop: one INSERT (jobs/s)", f"{rates['plain single']:,.0f}")
+    singles, python, api_batch, exit_code = bench.http_api()
+    clients = http.CLIENTS
+    yield Row(
+        f"HTTP enqueue, 1 run per POST, {clients} keep-alive clients (requests/s)",
+        f"{singles.rate:,.0f} ({singles.rate / python:.0%} of enqueue())",
+        f"target >= 50% of enqueue() from {clients} threads",
+    )
+    latencies = singles.latencies_ms
+    yield Row(
+        "HTTP enqueue, 1 run per POST, p50 / p99 (ms)",
+        f"{_percentile(latencies, 0.5):.1f} / {_percentile(latencies, 0.99):.1f}",
+        "target p99 < 20",
+    )
+    failed = ", ".join(f"{status or 'no answer'}: {n}" for status, n in sorted(singles.failures.items()))
+    yield Row(
+        "HTTP enqueue, answers other than 201",
+        f"{singles.failures.total()}{f' ({failed})' if failed else ''}",
+        "must be 0",
+    )
+    yield Row(f"single enqueue, enqueue() from {clients} threads (jobs/s)", f"{python:,.0f}")
+    yield Row(
+        f"HTTP batch enqueue, POST of {API_BATCH:,} runs (jobs/s, median of {size.api_batches})",
+        f"{api_batch:,.0f}",
+        "target >= 50,000",
+    )
+    killed = " (died by the signal, not exit 0)" if exit_code == -signal.SIGTERM else ""
+    yield Row("HTTP API, orbit serve's exit status on SIGTERM", f"{exit_code}{killed}", "must be 0")
     plain1, plain100 = bench.plain(1), bench.plain(100)
     for processes in size.processes:
         rate = bench.drain(processes, c)

@@ -7,9 +7,14 @@ asked for another address without tokens, it refuses (exit 2) before listening.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -17,6 +22,9 @@ from app import logs, queries
 from app.database import DatabaseError, connect
 from app.registry import RegistryError, discover
 from app.settings import Settings, load_settings_or_exit
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = structlog.get_logger("orbit.serve")
 
@@ -89,7 +97,7 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _server(config)
     _announce(server, host, open_mode)
     try:
         server.run()
@@ -98,11 +106,32 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def _announce(server: object, host: str, open_mode: bool) -> None:
-    """Print the console's URL once the socket is bound (port 0 is resolved by then)."""
+def _server(config: uvicorn.Config) -> uvicorn.Server:
     import uvicorn
 
-    assert isinstance(server, uvicorn.Server)
+    class Server(uvicorn.Server):
+        """uvicorn re-raises the stopping signal once its graceful shutdown is done, so the process
+        would end as killed by SIGTERM and supervisord would log it so; a stop that finished is
+        exit 0, as the worker's is."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
+def _announce(server: uvicorn.Server, host: str, open_mode: bool) -> None:
+    """Print the console's URL once the socket is bound (port 0 is resolved by then)."""
     startup = server.startup
 
     async def announced(sockets: list[socket.socket] | None = None) -> None:
