@@ -130,6 +130,16 @@ def sign_in(page: Page, secret: str) -> None:
     page.wait_for_url(re.compile(r"/$"))
 
 
+def typed_form(page: Page, secret: str) -> Any:
+    """Signed in, the pipelines page with test.typed's trigger form open and a customer filled in."""
+    sign_in(page, secret)
+    page.goto("/pipelines")
+    typed = page.locator("article.pipeline", has=page.locator("h2", has_text="test.typed"))
+    typed.locator("summary", has_text="Trigger run").click()
+    typed.locator("input[name='p.customer']").fill("acme")
+    return typed
+
+
 def badge(page: Page) -> str:
     """The status badge of the run page's live section."""
     return str(page.locator("#run .badge").first.inner_text(timeout=10_000))
@@ -149,11 +159,7 @@ def test_an_operator_triggers_a_typed_run_from_its_form_and_watches_it_succeed_l
 ) -> None:
     console = serve()
     page = open_page(chromium, console)
-    sign_in(page, token(engine, "operator"))
-    page.goto("/pipelines")
-    typed = page.locator("article.pipeline", has=page.locator("h2", has_text="test.typed"))
-    typed.locator("summary", has_text="Trigger run").click()
-    typed.locator("input[name='p.customer']").fill("acme")
+    typed = typed_form(page, token(engine, "operator"))
     typed.locator("input[name='p.days']").fill("3")
     typed.locator("select[name='p.format']").select_option("pdf")
     typed.locator("button[type=submit]").click()
@@ -177,11 +183,7 @@ def test_a_bad_form_is_refused_with_the_field_named_and_nothing_enqueued(
 ) -> None:
     console = serve()
     page = open_page(chromium, console)
-    sign_in(page, token(engine, "operator"))
-    page.goto("/pipelines")
-    typed = page.locator("article.pipeline", has=page.locator("h2", has_text="test.typed"))
-    typed.locator("summary", has_text="Trigger run").click()
-    typed.locator("input[name='p.customer']").fill("acme")
+    typed = typed_form(page, token(engine, "operator"))
     typed.locator("input[name='p.days']").evaluate("box => { box.removeAttribute('min'); box.value = '0' }")
     typed.locator("button[type=submit]").click()
     error = page.locator("#notice .error")
