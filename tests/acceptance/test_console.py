@@ -145,11 +145,6 @@ def badge(page: Page) -> str:
     return str(page.locator("#run .badge").first.inner_text(timeout=10_000))
 
 
-@pytest.mark.xfail(
-    reason="known: the run page sometimes misses the server-sent change of a run that finished "
-    "within milliseconds of its claim (under investigation, see issue 18's note)",
-    strict=False,
-)
 def test_an_operator_triggers_a_typed_run_from_its_form_and_watches_it_succeed_live(
     chromium: Browser,
     serve: Callable[..., Console],

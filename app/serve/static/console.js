@@ -3,8 +3,17 @@
 (function () {
   "use strict";
 
+  // At most one refresh a second, and always one after the last change: htmx's throttle drops
+  // the events inside its window, so a run that went running then succeeded within a second
+  // stayed "running" on the page until something else changed.
+  var queued = null, last = 0;
   function changed() {
-    document.body.dispatchEvent(new CustomEvent("orbit-changed"));
+    if (queued) return;
+    queued = window.setTimeout(function () {
+      queued = null;
+      last = Date.now();
+      document.body.dispatchEvent(new CustomEvent("orbit-changed"));
+    }, Math.max(0, last + 1000 - Date.now()));
   }
 
   function listen() {
