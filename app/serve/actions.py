@@ -82,6 +82,15 @@ def resume(conn: Connection, run_id: int, stale_after: timedelta) -> Any:
         raise ActionError(str(exc), 404 if missing else 409) from None
 
 
+def allowed(status: str) -> dict[str, bool]:
+    """Which of cancel, resume and retry a run in ``status`` accepts (the rules of the functions here)."""
+    return {
+        "cancel": status in LIVE,
+        "resume": status in RESUMABLE,
+        "retry": status not in LIVE,
+    }
+
+
 def retry(conn: Connection, run_id: int, params: Mapping[str, Any] | None = None) -> int:
     """A new run of a finished run's pipeline, from the start, with its params or ``params``."""
     old = queries.get_run(conn, run_id)

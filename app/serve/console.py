@@ -26,6 +26,11 @@ from app.states import RunStatus
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(resources.files("app.serve") / "templates"))
+# Params and results as the user wrote them: Jinja's tojson escapes <, > and & as \u003c and so on
+# (for script blocks); these go into <pre> and <textarea>, where autoescaping is what keeps them inert.
+templates.env.filters["pretty"] = lambda value: json.dumps(
+    value, indent=2, sort_keys=True, ensure_ascii=False
+)
 PAGES = frozenset({"/", "/runs", "/pipelines", "/workers", "/docs"})
 
 
@@ -172,7 +177,9 @@ def run(request: Request, run_id: int, _: Viewer) -> Response:
         detail = views.run_detail(conn, run_id)
     if detail is None:
         raise HTTPException(404, f"run {run_id} does not exist")
-    return _fragment(request, "run", run=detail, timeline=forms.timeline(detail))
+    return _fragment(
+        request, "run", run=detail, timeline=forms.timeline(detail), actions=actions.allowed(detail["status"])
+    )
 
 
 @router.get("/pipelines")

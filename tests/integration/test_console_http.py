@@ -152,6 +152,20 @@ def test_every_page_and_fragment_renders(client: TestClient, engine: Engine) -> 
     assert "boom" in client.get("/console/runs?status=failed").text
 
 
+def test_a_run_page_offers_only_the_actions_its_state_allows(client: TestClient, engine: Engine) -> None:
+    pending = pending_run(engine, "test.echo")
+    failed = finished_run(engine, "test.fail", "failed", error="boom")
+    succeeded = finished_run(engine, "test.echo", "succeeded")
+
+    def offered(run_id: int) -> set[str]:
+        body = client.get(f"/console/runs/{run_id}").text
+        return set(re.findall(rf"/console/runs/{run_id}/(cancel|resume|retry)", body))
+
+    assert offered(pending) == {"cancel"}
+    assert offered(failed) == {"resume", "retry"}
+    assert offered(succeeded) == {"retry"}
+
+
 def test_a_missing_run_and_bad_filters_are_one_line_errors(client: TestClient) -> None:
     missing = client.get("/runs/987654")
     assert missing.status_code == 404 and "run 987654 does not exist" in missing.text
