@@ -8,7 +8,7 @@ ORBIT_WORKERS ?= 2
 ORBIT_SERVE ?= true
 LOGS_DIR ?= logs
 
-.PHONY: install run serve worker migrate test unit test-matrix lint format reliability bench supervise clean
+.PHONY: install run serve worker migrate test unit test-matrix lint format reliability bench screenshots supervise clean
 
 install: $(STAMP)
 
@@ -71,6 +71,11 @@ reliability: install
 
 bench: install
 	$(BIN)/python -m bench
+
+## screenshots: the console pages docs/console.md shows, taken in headless chromium with the demo
+## pipelines (docs/console/*.png)
+screenshots: install
+	ORBIT_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/acceptance/test_console.py -k docs_show
 
 supervise: install
 	mkdir -p $(LOGS_DIR)

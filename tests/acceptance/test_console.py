@@ -232,7 +232,7 @@ def test_hostile_params_and_errors_are_shown_as_text_and_never_run(
         assert page.evaluate("window.__pwned") is None, path
     page.goto(f"/runs/{echoed}")
     badge(page)  # the live section has loaded
-    assert "window.__pwned=1" in page.inner_text("#run")  # shown, as text
+    assert "<script>window.__pwned=1</script>" in page.inner_text("#run")  # shown, as text
     assert page.locator("#run script, #run img").count() == 0  # not as elements
     page.goto(f"/runs/{failed}")
     badge(page)
@@ -267,3 +267,48 @@ def test_serve_stops_cleanly_on_sigterm_with_a_browser_listening(
     sign_in(page, token(engine, "viewer"))
     page.locator("#live.on").wait_for(timeout=10_000)
     assert console.stop() == 0
+
+
+def test_the_pages_docs_show_with_the_demo_pipelines(
+    chromium: Browser,
+    serve: Callable[..., Console],
+    spawn_worker: Callable[..., subprocess.Popen[str]],
+    engine: Engine,
+    screenshots: Path,
+) -> None:
+    """The overview, runs, run and pipelines pages after a few demo runs, succeeded, failed and
+    pending: what ``make screenshots`` keeps in docs/console (docs/console.md shows them)."""
+    import app.pipelines.demo  # noqa: F401  (registers demo.* for enqueue() here)
+
+    demo = {"ORBIT_PIPELINES": "app.pipelines.demo"}
+    with engine.begin() as conn:
+        ids = [
+            enqueue("demo.hello", {"name": "Orbit"}, connection=conn),
+            enqueue("demo.report", {"customer": "acme", "days": 3}, connection=conn),
+            enqueue("demo.report", {"customer": "globex", "format": "pdf"}, connection=conn),
+            enqueue("demo.report", {"customer": "initech", "days": 1, "fail": True}, connection=conn),
+        ]
+    spawn_worker(env=demo)
+    wait_until(
+        lambda: all(fetch_run(engine, i).status in ("succeeded", "failed") for i in ids),
+        what="the demo runs to finish",
+        timeout=60,
+    )
+    with engine.begin() as conn:
+        enqueue("demo.report", {"customer": "umbrella"}, delay=3600, connection=conn)
+    console = serve(demo)
+    page = open_page(chromium, console)
+    sign_in(page, token(engine, "operator"))
+    shown = {
+        "overview.png": ("/", "demo.report"),
+        "runs.png": ("/runs", "initech"),
+        "run.png": (f"/runs/{ids[1]}", "deliver"),
+        "pipelines.png": ("/pipelines", "Trigger run"),
+    }
+    for name, (path, expected) in shown.items():
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+        page.get_by_text(expected).first.wait_for(timeout=10_000)
+        page.screenshot(path=screenshots / name)
+        assert (screenshots / name).stat().st_size < 300_000, name
+    assert console.console_errors == []
