@@ -15,6 +15,7 @@ from app import operations, queries, recovery
 from app.access import BULK_LIMIT
 from app.enqueue import EnqueueError, new_run
 from app.queries import RunFilter
+from app.queries.runs import NewRun
 from app.states import LIVE, RESUMABLE, RunStatus, ordered
 
 
@@ -40,17 +41,22 @@ class Enqueue:
     timeout: Any = None
 
 
-def enqueue(conn: Connection, asks: list[Enqueue]) -> tuple[list[int], bool]:
-    """Insert the runs (all or none); returns their ids, and whether any was inserted (False: the
-    one run asked for has a key a live run holds, whose id is returned)."""
+def prepare(asks: list[Enqueue]) -> list[NewRun]:
+    """The runs asked for, validated as enqueue() validates them; ActionError for the first bad one."""
     try:
-        runs = [
+        return [
             new_run(a.pipeline, a.params, a.priority, a.delay, a.max_attempts, a.timeout, a.key, a.run_at)
             for a in asks
         ]
     except EnqueueError as exc:
         where = "" if len(asks) == 1 else " (nothing was enqueued)"
         raise ActionError(f"{exc}{where}") from None
+
+
+def enqueue(conn: Connection, asks: list[Enqueue]) -> tuple[list[int], bool]:
+    """Insert the runs (all or none); returns their ids, and whether any was inserted (False: the
+    one run asked for has a key a live run holds, whose id is returned)."""
+    runs = prepare(asks)
     if len(runs) == 1:
         run_id, inserted = queries.insert_run_once(conn, runs[0])
         return [run_id], inserted

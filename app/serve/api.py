@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from app import access, health
 from app.access import Role
@@ -16,7 +17,7 @@ from app.durations import parse_duration
 from app.queries import RunFilter
 from app.serve import actions, fleet_metrics, views
 from app.serve.auth import Caller
-from app.serve.state import audit, caller, server
+from app.serve.state import Server, audit, caller, server
 from app.states import RunStatus
 
 router = APIRouter()
@@ -92,7 +93,7 @@ def _action(exc: actions.ActionError) -> HTTPException:
 
 
 @router.post("/queue/enqueue", status_code=201, tags=["queue"])
-def enqueue(
+async def enqueue(
     request: Request,
     body: Annotated[EnqueueRequest | list[EnqueueRequest], Body()],
     who: Annotated[Caller, Depends(caller(Role.OPERATOR, "enqueueing"))],
@@ -105,15 +106,24 @@ def enqueue(
         raise HTTPException(400, "the list of runs is empty")
     if len(asks) > 100_000:
         raise HTTPException(413, "at most 100,000 runs per request")
-    with server(request).begin() as conn:
-        try:
-            ids, inserted = actions.enqueue(conn, asks)
-        except actions.ActionError as exc:
-            raise _action(exc) from None
+    orbit = server(request)
+    try:
+        if batch:  # validating thousands of runs would hold up the event loop: a thread does it
+            ids, inserted = await run_in_threadpool(_enqueue_batch, orbit, asks)
+        else:  # the common case, written with the runs of other requests (app.serve.inserter)
+            run_id, inserted = await orbit.inserter.insert(actions.prepare(asks)[0])
+            ids = [run_id]
+    except actions.ActionError as exc:
+        raise _action(exc) from None
     audit(who, "enqueue", pipelines=sorted({a.pipeline for a in asks}), runs=len(ids), first=ids[0])
     if batch:
         return {"ids": ids}
     return JSONResponse({"id": ids[0]}, status_code=201 if inserted else 200)
+
+
+def _enqueue_batch(orbit: Server, asks: list[actions.Enqueue]) -> tuple[list[int], bool]:
+    with orbit.begin() as conn:
+        return actions.enqueue(conn, asks)
 
 
 @router.get("/queue/status/{run_id}", tags=["queue"])

@@ -33,6 +33,7 @@ SESSION_COOKIE = "orbit_session"
 CSRF_HEADER = "x-csrf-token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+NOT_KEPT = object()  # the cache has no answer, and was told not to ask the database
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,15 @@ class _Cache:
         self._entries: dict[str, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, fetch: Callable[[], Any]) -> Any:
+    def get(self, key: str, fetch: Callable[[], Any] | None) -> Any:
+        """The answer for ``key``, fetched when it is not kept; without ``fetch``, NOT_KEPT."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and entry[0] > now:
             return entry[1]
+        if fetch is None:
+            return NOT_KEPT
         value = fetch()
         with self._lock:
             if len(self._entries) > 10_000:  # a flood of bad secrets must not grow it for ever
@@ -86,20 +90,30 @@ class Authenticator:
         """True while no token exists: nobody needs to sign in."""
         return not self._cache.get("any-token", self._any_token)
 
-    def caller(self, request: Request) -> Caller:
-        """The request's caller; HTTPException 401 when it proves nothing and tokens exist."""
+    def caller(self, request: Request, *, lookup: bool = True) -> Caller | None:
+        """The request's caller; HTTPException 401 when it proves nothing and tokens exist.
+        Without ``lookup``, only from kept answers: None when the database would be asked."""
         secret = _bearer(request)
         if secret is not None:
-            found = self._cache.get("t:" + digest(secret), lambda: self._token(secret))
+            found = self._cache.get("t:" + digest(secret), (lambda: self._token(secret)) if lookup else None)
+            if found is NOT_KEPT:
+                return None
             if found is None:
                 raise HTTPException(401, "the bearer token is not valid (revoked, or never created)")
             return Caller(found[0], Role.parse(found[1]), "token")
         session_id = request.cookies.get(SESSION_COOKIE)
         if session_id:
-            found = self._cache.get("s:" + digest(session_id), lambda: self._session(session_id))
+            found = self._cache.get(
+                "s:" + digest(session_id), (lambda: self._session(session_id)) if lookup else None
+            )
+            if found is NOT_KEPT:
+                return None
             if found is not None:
                 return Caller(found[0], Role.parse(found[1]), "session", found[2])
-        if self.open_mode():
+        any_token = self._cache.get("any-token", self._any_token if lookup else None)
+        if any_token is NOT_KEPT:
+            return None
+        if not any_token:
             if _host(request) not in LOOPBACK_HOSTS:
                 raise HTTPException(401, "open mode (no token exists) answers only on a loopback name")
             return Caller("anonymous", Role.ADMIN, "open")

@@ -102,6 +102,7 @@ def serve(settings: Settings) -> int:
     try:
         server.run()
     finally:
+        app.state.orbit.close()
         engine.dispose()
     return 0
 

@@ -3,7 +3,7 @@ live-event broadcaster and the pipelines it knows. Handlers reach it through :fu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,11 +11,14 @@ from typing import Any
 import structlog
 from fastapi import HTTPException, Request
 from sqlalchemy import Connection, Engine
+from starlette.concurrency import run_in_threadpool
 
 from app import registry
 from app.access import Role
+from app.database import client_deadline
 from app.serve.auth import Authenticator, Caller, RateLimit, check_origin, require
 from app.serve.events import Broadcaster, Changes
+from app.serve.inserter import Inserter
 from app.settings import Settings
 
 audit_log = structlog.get_logger("orbit.audit")
@@ -29,12 +32,19 @@ class Server:
     auth: Authenticator = field(init=False)
     writes: RateLimit = field(init=False)
     events: Broadcaster = field(init=False)
+    inserter: Inserter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.inserter = Inserter(
+            self.engine, client_deadline(self.settings.statement_timeout.total_seconds())
+        )
         self.auth = Authenticator(self.engine)
         self.writes = RateLimit(self.settings.SERVE_WRITE_RATE)
         interval = self.settings.SERVE_EVENTS_INTERVAL.total_seconds()
         self.events = Broadcaster(Changes(self.engine).read_once, interval)
+
+    def close(self) -> None:
+        self.inserter.close()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -51,13 +61,17 @@ def server(request: Request) -> Server:
     return request.app.state.orbit  # type: ignore[no-any-return]
 
 
-def caller(role: Role, action: str) -> Callable[[Request], Caller]:
+def caller(role: Role, action: str) -> Callable[[Request], Awaitable[Caller]]:
     """A dependency: the request's caller, who must have ``role``; writes are rate-limited and
     must come from the console's origin when a browser sends them."""
 
-    def resolve(request: Request) -> Caller:
+    async def resolve(request: Request) -> Caller:
+        # Async, so a request whose caller is in the cache (nearly all) costs no thread hand-off.
         orbit = server(request)
-        who = orbit.auth.caller(request)
+        who = orbit.auth.caller(request, lookup=False)
+        if who is None:
+            who = await run_in_threadpool(orbit.auth.caller, request)
+        assert who is not None
         require(who, role, action)
         check_origin(request, who)
         if request.method != "GET":
