@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 VIEWPORT = {"width": 1280, "height": 800}
+# Debian's chromium as a test browser: no sandbox (the tests may run as root), nothing fetched
+# from the network on its own account.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +57,7 @@ def chromium() -> Iterator[Browser]:
     if not path:
         missing("browser", f"Debian's chromium is not installed: {INSTALL_DEBIAN}")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, headless=True)
+        browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
