@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MAX_PARAMS_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 500
+MAX_GROUP_LENGTH = 200  # the run_group column's check
 
 
 class EnqueueError(ValueError):
@@ -69,6 +70,7 @@ def enqueue(
     max_attempts: int | None = None,
     timeout: float | str | timedelta | None = None,
     key: str | None = None,
+    group: str | None = None,
     connection: Connection | Session | None = None,
 ) -> int:
     """Enqueue one run of ``pipeline`` and return its id.
@@ -76,9 +78,10 @@ def enqueue(
     With ``connection`` (a SQLAlchemy Connection or Session) the run is inserted in the caller's
     transaction: it exists only if the caller commits. ``delay`` and ``timeout`` are seconds or a
     duration (``"5m"``). With ``key``, while a run with that key is pending or running, its id is
-    returned instead of inserting another.
+    returned instead of inserting another. ``group`` names the run's group for the pipeline's
+    ``group_concurrency`` (at most that many runs of one group run at once).
     """
-    run = new_run(pipeline, params, priority, delay, max_attempts, timeout, key, run_at)
+    run = new_run(pipeline, params, priority, delay, max_attempts, timeout, key, run_at, group)
     if connection is not None:
         conn = connection.connection() if isinstance(connection, Session) else connection
         return queries.insert_run(conn, run)
@@ -127,6 +130,7 @@ def new_run(
     timeout: float | str | timedelta | None = None,
     key: str | None = None,
     run_at: datetime | None = None,
+    group: str | None = None,
 ) -> NewRun:
     """Validate one run before anything touches the database."""
     model = _check_pipeline(pipeline).params
@@ -136,6 +140,7 @@ def new_run(
     if problem:
         raise EnqueueError(f"max_attempts {problem}")
     _check_key(key)
+    _check_text("group", group, MAX_GROUP_LENGTH, shortest=1)
     return NewRun(
         pipeline,
         params,  # already encoded, above: later changes to the caller's dict change nothing
@@ -146,6 +151,7 @@ def new_run(
         None if timeout is None else _seconds("timeout", timeout, allow_zero=False),
         key,
         encoded,
+        group,
     )
 
 
@@ -204,17 +210,21 @@ def _check_priority(priority: int) -> None:
 
 
 def _check_key(key: str | None) -> None:
-    if key is None:
-        return
     # The key is in a unique index, whose entries must fit an index page (2,704 bytes).
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
-        raise EnqueueError(f"key must be text of at most {MAX_KEY_LENGTH} characters, not {key!r:.80}")
-    if "\x00" in key:
-        raise EnqueueError("key cannot hold a NUL character (PostgreSQL text cannot store it)")
+    _check_text("key", key, MAX_KEY_LENGTH)
+
+
+def _check_text(what: str, value: str | None, longest: int, shortest: int = 0) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not shortest <= len(value) <= longest:
+        raise EnqueueError(f"{what} must be text of {shortest} to {longest} characters, not {value!r:.80}")
+    if "\x00" in value:
+        raise EnqueueError(f"{what} cannot hold a NUL character (PostgreSQL text cannot store it)")
     try:
-        key.encode()
+        value.encode()
     except UnicodeEncodeError:
-        raise EnqueueError(f"key is not valid text (a lone surrogate): {key!r:.80}") from None
+        raise EnqueueError(f"{what} is not valid text (a lone surrogate): {value!r:.80}") from None
 
 
 def _check_json(params: Mapping[str, Any]) -> str:

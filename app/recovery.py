@@ -93,6 +93,7 @@ class Rescuer:
             return None
         recovered = recover_interrupted(conn, self.stale_after)
         queries.prune_workers(conn, self.worker_retention)
+        queries.prune_starts(conn)
         return recovered
 
     def prune_once(self, conn: Connection) -> int | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from app.durations import parse_duration
+from app.limits import LimitError, Limits, limits
 
 if TYPE_CHECKING:
     from app.context import Context
@@ -42,6 +43,8 @@ class Pipeline:
     backfill: bool = False
     # A pydantic model the params must validate against at enqueue (None: any JSON object).
     params: type[BaseModel] | None = None
+    # Fleet-wide flow control (app.limits); overrides in the limits table win over these.
+    limits: Limits = field(default_factory=Limits)
 
     def params_schema(self) -> dict[str, Any] | None:
         """The params' JSON Schema, for forms and the API; None without a model."""
@@ -60,6 +63,9 @@ def pipeline(
     schedule_tz: str = "UTC",
     backfill: bool = False,
     params: type[BaseModel] | None = None,
+    concurrency: int | None = None,
+    rate: str | None = None,
+    group_concurrency: int | None = None,
 ) -> Callable[[PipelineFn], PipelineFn]:
     """Register ``fn(ctx, params)`` as the pipeline ``name``.
 
@@ -68,6 +74,9 @@ def pipeline(
     is a cron expression (``"0 6 * * *"``) read in ``schedule_tz``; slots missed while no worker
     ran are skipped unless ``backfill``. ``params``, a pydantic model, makes every enqueue
     validate the params against it (and store them as the model dumps them, defaults filled in).
+    ``concurrency``: at most that many runs at once across the whole fleet; ``rate`` (``"100/m"``,
+    also ``/s`` and ``/h``): at most that many started in any such window; ``group_concurrency``:
+    at most that many running at once among the runs enqueued with the same ``group``.
     """
     if not isinstance(name, str) or not name or len(name) > 200:
         raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
@@ -79,6 +88,10 @@ def pipeline(
         check_schedule(name, schedule, schedule_tz)
     if params is not None and not (isinstance(params, type) and issubclass(params, BaseModel)):
         raise RegistryError(f"pipeline {name}: params must be a pydantic model class, not {params!r:.60}")
+    try:
+        flow = limits(concurrency, rate, group_concurrency)
+    except LimitError as exc:
+        raise RegistryError(f"pipeline {name}: {exc}") from None
 
     def register(fn: PipelineFn) -> PipelineFn:
         where = f"{fn.__module__}.{fn.__qualname__}"
@@ -86,7 +99,7 @@ def pipeline(
         if existing is not None and existing.where != where:
             raise RegistryError(f"pipeline {name!r} is defined twice: in {existing.where} and in {where}")
         _registry[name] = Pipeline(
-            name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill, params
+            name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill, params, flow
         )
         return fn
 

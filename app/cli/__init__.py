@@ -7,7 +7,8 @@ exception: 0 healthy, 1 warning, 2 error.
 
 Commands are grouped by what they work on: ``runs`` (migrate, enqueue, status, runs), ``fleet``
 (workers, metrics, health), ``interrupted`` (check-interrupted, recover, resume, cancel, outcomes)
-``control`` (pause, unpause, pauses, drain, schedules, prune) and ``access`` (serve, token);
+``control`` (pause, unpause, pauses, drain, schedules, prune), ``limits`` (limit, limits) and
+``access`` (serve, token);
 ``common`` holds what they share.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import arguments, recovery, worker
-from app.cli import access, control, fleet, interrupted, runs
+from app.cli import access, control, fleet, interrupted, limits, runs
 from app.cli.common import Failed, UsageError
 from app.database import DatabaseError
 from app.enqueue import EnqueueError
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_commands(command)
     interrupted.add_commands(command)
     control.add_commands(command)
+    limits.add_commands(command)
     interrupted.add_outcome_commands(command)
     access.add_commands(command)
     return parser

@@ -96,3 +96,15 @@ def like_pattern(glob: str) -> str:
         return globs.to_like(glob)
     except globs.GlobError as exc:
         raise UsageError(str(exc)) from None
+
+
+def operator_name() -> str:
+    """Who is at the keyboard, as user@host: kept with a pause or a limit they set."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

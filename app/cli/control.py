@@ -17,6 +17,7 @@ from app.cli.common import (
     in_transaction,
     like_pattern,
     load_settings,
+    operator_name,
     positive_duration,
     print_json,
     print_table,
@@ -26,22 +27,11 @@ from app.registry import discover
 from app.states import FINISHED, ordered
 
 
-def _paused_by() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
 def _pause(glob: str) -> bool:
     like_pattern(glob)
     known = set(discover(load_settings().pipeline_modules))
     try:
-        return bool(in_transaction(lambda conn: operations.pause(conn, glob, known, _paused_by())))
+        return bool(in_transaction(lambda conn: operations.pause(conn, glob, known, operator_name())))
     except operations.OperationError as exc:
         raise UsageError(str(exc)) from None
 

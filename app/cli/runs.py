@@ -63,6 +63,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         args.max_attempts,
         args.timeout,
         args.key,
+        group=args.group,
     )
     run_id = in_transaction(lambda conn: queries.insert_run(conn, run))
     print(run_id)
@@ -113,7 +114,7 @@ def _line_run(args: argparse.Namespace, number: int, line: str) -> queries.NewRu
         kind = type(params).__name__
         raise UsageError(f"line {number}: must be a JSON object, not {kind}; nothing was enqueued")
     try:
-        return new_run(args.pipeline, params, args.priority, args.delay, args.max_attempts)
+        return new_run(args.pipeline, params, args.priority, args.delay, args.max_attempts, group=args.group)
     except EnqueueError as exc:
         raise UsageError(f"line {number}: {exc}; nothing was enqueued") from None
 
@@ -204,6 +205,11 @@ def add_commands(command: Command) -> None:
     sub.add_argument("--max-attempts", type=int, default=None)
     sub.add_argument("--timeout", default=None, help="time limit (seconds or 10m)")
     sub.add_argument("--key", default=None, help="idempotency key: reuse a live run with it")
+    sub.add_argument(
+        "--group",
+        default=None,
+        help="the run's group, for the pipeline's group_concurrency (a customer, say)",
+    )
     sub.add_argument(
         "--from-file",
         metavar="FILE",

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.rows
 from sqlalchemy import Connection, text
 
+from app.limits import Limits
 from app.queries.common import (
     PENDING,
     RUNNING,
@@ -37,26 +39,105 @@ _CLAIMED_RUN = """
 # past them, took 34 ms a claim behind 100,000 of them; this way 1.1 ms, measured). Runs locked in
 # one range but not kept are free again when the claim commits. Paused pipelines are left out
 # here, so every worker obeys a pause on its next poll without being told; the unpaused pipelines
-# are worked out once per claim (an InitPlan). The CTE fences the planner: the LIMIT is applied
-# before the UPDATE, so a claim never takes more rows than asked. The claimed runs come back in
-# claim order (a worker starts runs it claimed ahead in that order). Defaults of the pipeline are
-# written into the row at claim time, so SQL readers (and the rescuer, which has no registry) see
-# the effective values.
+# are worked out once per claim. The CTE fences the planner: the LIMIT is applied before the
+# UPDATE, so a claim never takes more rows than asked. The claimed runs come back in claim order
+# (a worker starts runs it claimed ahead in that order). Defaults of the pipeline are written into
+# the row at claim time, so SQL readers (and the rescuer, which has no registry) see the
+# effective values.
+#
+# Flow control (app.limits). A limited pipeline's range is read up to its room: its concurrency
+# less its running runs, its rate's count less the starts in the window (run_starts), whichever
+# is smaller; within it, a run of a group is passed over while its group is full, and at most the
+# group's room of each group is kept. The counts are exact because one claimer at a time counts
+# for a pipeline: each claim first takes a transaction lock per limited pipeline (_LOCK_LIMITED,
+# a statement of its own, so that the claim's snapshot is taken once the lock is held and sees
+# every claim committed before), and a pipeline whose lock the claim does not hold (limited by
+# an override set in between) gets no room this turn. Counting running rows, rather than keeping
+# counters, means every way out of running (an outcome, a rescue, a cancel, a refund, an UPDATE
+# in SQL) frees its slot with no bookkeeping, and the count reads at most the cap's rows of
+# runs_running_pipeline_idx. A crashed worker's runs stay running until rescued, so they count
+# against the cap meanwhile.
+# Overrides (the limits table) win over the code's values field by field, the latest first.
+LOCK_SPACE = 7270187  # pg_advisory_xact_lock(LOCK_SPACE, hashtext(pipeline))
+
+_LOCK_LIMITED = """
+    SELECT pg_advisory_xact_lock(%(lock_space)s, key) FROM (
+        SELECT DISTINCT hashtext(name) AS key FROM unnest(CAST(%(pipelines)s AS text[])) AS name
+        WHERE name = ANY(CAST(%(limited)s AS text[]))
+           OR EXISTS (SELECT 1 FROM limits o WHERE name LIKE o.like_pattern)
+        ORDER BY key
+    ) AS keys
+"""
+
+# The latest override of a field matching pipeline a.name: its value, or (for `orbit limits`) its
+# pattern. Rates are overridden as a whole (count and window).
+_OVERRIDE = """(SELECT o.{select} FROM limits o
+                 WHERE a.name LIKE o.like_pattern AND o.{field} IS NOT NULL ORDER BY o.set_at DESC LIMIT 1)"""
+
+
+def _override(field: str, select: str = "") -> str:
+    return _OVERRIDE.format(field=field, select=select or field)
+
+
+_GROUP_RUNNING = f"""(SELECT count(*) FROM runs g
+                 WHERE g.status = {RUNNING} AND g.pipeline = allowed.name AND g.run_group = runs.run_group)"""
+
 _CLAIM = (
     f"""
-    WITH next AS (
-        SELECT candidate.id
-        FROM unnest(ARRAY(
-                 SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
-                 WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern))) AS pipeline
-        CROSS JOIN LATERAL (
-            SELECT id, priority, run_at FROM runs
-            WHERE status = {PENDING} AND run_at <= now() AND runs.pipeline = pipeline.pipeline
-            ORDER BY priority DESC, run_at, id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS candidate
-        ORDER BY candidate.priority DESC, candidate.run_at, candidate.id
+    WITH allowed AS MATERIALIZED (
+        SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
+        WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)
+    )
+    , limited AS MATERIALIZED (
+        SELECT e.*, pg_try_advisory_xact_lock(%(lock_space)s, hashtext(e.name)) AS locked
+        FROM (
+            SELECT a.name,
+                   COALESCE({_override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+                   COALESCE({_override("group_concurrency")},
+                            (code.v ->> 'group_concurrency')::int) AS group_concurrency,
+                   COALESCE(rate.rate_count, (code.v ->> 'rate_count')::int) AS rate_count,
+                   COALESCE(rate.rate_seconds, (code.v ->> 'rate_seconds')::double precision) AS rate_seconds
+            FROM allowed a
+            CROSS JOIN LATERAL (SELECT CAST(%(limits)s AS jsonb) -> a.name AS v) AS code
+            LEFT JOIN LATERAL (
+                SELECT o.rate_count, o.rate_seconds FROM limits o
+                WHERE a.name LIKE o.like_pattern AND o.rate_count IS NOT NULL ORDER BY o.set_at DESC LIMIT 1
+            ) AS rate ON true
+        ) AS e
+        WHERE e.concurrency IS NOT NULL OR e.group_concurrency IS NOT NULL OR e.rate_count IS NOT NULL
+    )
+    , room AS MATERIALIZED (
+        SELECT name, group_concurrency,
+               CASE WHEN NOT locked THEN 0 WHEN free IS NULL THEN NULL ELSE GREATEST(free, 0) END AS room
+        FROM limited l
+        CROSS JOIN LATERAL (SELECT LEAST(  -- NULL when only groups are limited
+            concurrency - (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = l.name),
+            rate_count - (SELECT count(*) FROM run_starts s WHERE s.pipeline = l.name
+                          AND s.started_at > statement_timestamp() - make_interval(secs => l.rate_seconds))
+        ) AS free) AS f
+    )
+    , next AS (
+        SELECT ranked.id FROM (
+            SELECT candidate.*, row_number() OVER (
+                       PARTITION BY allowed.name, candidate.run_group
+                       ORDER BY candidate.priority DESC, candidate.run_at, candidate.id) AS nth
+            FROM allowed
+            LEFT JOIN room ON room.name = allowed.name
+            CROSS JOIN LATERAL (
+                SELECT id, priority, run_at, run_group,
+                       CASE WHEN room.group_concurrency IS NULL OR run_group IS NULL THEN NULL
+                            ELSE room.group_concurrency - {_GROUP_RUNNING} END AS group_room
+                FROM runs
+                WHERE status = {PENDING} AND run_at <= now() AND runs.pipeline = allowed.name
+                  AND (room.group_concurrency IS NULL OR run_group IS NULL
+                       OR {_GROUP_RUNNING} < room.group_concurrency)
+                ORDER BY priority DESC, run_at, id
+                LIMIT LEAST(%(limit)s, COALESCE(room.room, %(limit)s))
+                FOR UPDATE SKIP LOCKED
+            ) AS candidate
+        ) AS ranked
+        WHERE ranked.group_room IS NULL OR ranked.nth <= ranked.group_room
+        ORDER BY ranked.priority DESC, ranked.run_at, ranked.id
         LIMIT %(limit)s
     )
     , claimed AS (
@@ -67,6 +148,11 @@ _CLAIM = (
             timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'timeout_s'] AS double precision)))
         WHERE r.id = ANY(ARRAY(SELECT id FROM next))
         RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
+    )
+    , started AS (
+        INSERT INTO run_starts (pipeline, started_at)
+        SELECT c.pipeline, statement_timestamp() FROM claimed c
+        WHERE c.pipeline IN (SELECT name FROM limited WHERE rate_count IS NOT NULL)
     )"""
     + _CLAIMED_RUN
     + """
@@ -76,11 +162,45 @@ _CLAIM = (
 )
 
 
+# What `orbit limits` shows: each pipeline's limits in force and where each comes from (the
+# pattern of the override, or NULL for the code), read as the claim reads them.
+_EFFECTIVE_LIMITS = f"""
+    SELECT a.name,
+           COALESCE({_override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+           {_override("concurrency", "pattern")} AS concurrency_from,
+           COALESCE({_override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
+           COALESCE({_override("rate_count", "rate_seconds")},
+                    (code.v ->> 'rate_seconds')::double precision) AS rate_seconds,
+           {_override("rate_count", "pattern")} AS rate_from,
+           COALESCE({_override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
+           {_override("group_concurrency", "pattern")} AS group_concurrency_from,
+           (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = a.name) AS running,
+           (SELECT count(*) FROM runs r WHERE r.status = {PENDING} AND r.pipeline = a.name
+                                        AND r.run_at <= now()) AS due
+    FROM unnest(CAST(%(pipelines)s AS text[])) AS a(name)
+    CROSS JOIN LATERAL (SELECT CAST(%(limits)s AS jsonb) -> a.name AS v) AS code
+    ORDER BY a.name
+"""
+
+
+def effective_limits(conn: Connection, code: Mapping[str, Limits]) -> list[dict[str, Any]]:
+    """For each pipeline of ``code`` (its limits in the code, possibly none): the limits in force,
+    where each comes from, and its running and due runs."""
+    params = {
+        "pipelines": sorted(code),
+        "limits": json.dumps({name: flow.as_claim() for name, flow in code.items() if flow}),
+    }
+    with on_driver(conn) as driver, driver.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        return cursor.execute(_EFFECTIVE_LIMITS, params).fetchall()
+
+
 # Each pipeline's (max_attempts, timeout in seconds); the claim reads them by name.
 Defaults = Mapping[str, tuple[int, float]]
 
 
-def _claim_params(worker_id: str, limit: int, defaults: Defaults, version: str) -> dict[str, Any]:
+def _claim_params(
+    worker_id: str, limit: int, defaults: Defaults, version: str, limits: Mapping[str, Limits]
+) -> dict[str, Any]:
     named = {
         pipeline: {"max_attempts": max_attempts, "timeout_s": timeout_s}
         for pipeline, (max_attempts, timeout_s) in defaults.items()
@@ -91,6 +211,9 @@ def _claim_params(worker_id: str, limit: int, defaults: Defaults, version: str) 
         "worker_id": worker_id,
         "defaults": json.dumps(named),
         "version": version,
+        "limits": json.dumps({name: flow.as_claim() for name, flow in limits.items() if flow}),
+        "limited": [name for name, flow in limits.items() if flow],
+        "lock_space": LOCK_SPACE,
     }
 
 
@@ -127,10 +250,17 @@ class ClaimedRun:
 
 
 def _send_claim(
-    driver: psycopg.Connection[Any], worker_id: str, limit: int, defaults: Defaults, version: str
+    driver: psycopg.Connection[Any],
+    worker_id: str,
+    limit: int,
+    defaults: Defaults,
+    version: str,
+    limits: Mapping[str, Limits],
 ) -> psycopg.Cursor[Any]:
+    params = _claim_params(worker_id, limit, defaults, version, limits)
     driver.execute(_CLAIM_PLAN)
-    return driver.execute(_CLAIM, _claim_params(worker_id, limit, defaults, version))
+    driver.execute(_LOCK_LIMITED, params)
+    return driver.execute(_CLAIM, params)
 
 
 # Runs a worker owns but does not hold: a turn whose claim committed while its reply was lost
@@ -269,6 +399,7 @@ def exchange(
     limit: int = 0,
     defaults: Defaults | None = None,
     version: str = "",
+    limits: Mapping[str, Limits] | None = None,
 ) -> tuple[set[int], list[ClaimedRun]]:
     """A worker's whole turn in one transaction and one round trip: write its outcomes, then
     claim up to ``limit`` runs. Returns the ids whose outcome was written (the rest were no longer
@@ -285,7 +416,9 @@ def exchange(
             driver.execute("BEGIN")
         written = [_send_successes(driver, worker_id, successes)] if successes else []
         written += [_send_transition(driver, worker_id, t) for t in transitions]
-        claiming = _send_claim(driver, worker_id, limit, defaults or {}, version) if limit else None
+        claiming = (
+            _send_claim(driver, worker_id, limit, defaults or {}, version, limits or {}) if limit else None
+        )
         if own:
             driver.execute("COMMIT")
     owned = set().union(*(_ids(cursor) for cursor in written))

@@ -18,10 +18,11 @@ from app.queries.common import (
 )
 
 _INSERT_RUN = f"""
-    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key)
+    INSERT INTO runs (pipeline, params, priority, run_at, max_attempts, timeout, key, run_group)
     VALUES (%(pipeline)s, CAST(%(params)s AS jsonb), %(priority)s,
             COALESCE(CAST(%(run_at)s AS timestamptz), now() + make_interval(secs => %(delay)s)),
-            %(max_attempts)s, make_interval(secs => CAST(%(timeout)s AS double precision)), %(key)s)
+            %(max_attempts)s, make_interval(secs => CAST(%(timeout)s AS double precision)), %(key)s,
+            %(group)s)
     ON CONFLICT (key) WHERE key IS NOT NULL AND status IN {LIVE_SQL} DO NOTHING
     RETURNING id
 """
@@ -47,6 +48,7 @@ _OPTIONAL_COLUMNS: dict[str, tuple[Any, Any]] = {
     "priority": (itemgetter(2), 0),
     "max_attempts": (itemgetter(5), None),
     "run_at": (itemgetter(4, 3), (None, 0.0)),
+    "run_group": (itemgetter(9), None),
 }
 
 
@@ -62,6 +64,7 @@ class NewRun(NamedTuple):
     timeout: float | None = None
     key: str | None = None
     params_json: str = ""  # params already encoded by to_json (encoded here when empty)
+    group: str | None = None  # the run_group column: group_concurrency counts by it
 
     @property
     def encoded_params(self) -> str:
@@ -84,6 +87,7 @@ def insert_run_once(conn: Connection, run: NewRun) -> tuple[int, bool]:
         "max_attempts": run.max_attempts,
         "timeout": run.timeout,
         "key": run.key,
+        "group": run.group,
     }
     with on_driver(conn) as driver:
         while True:

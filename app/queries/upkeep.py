@@ -37,6 +37,46 @@ _RUNNING_MATCHING = text(f"""
 """)
 
 
+# An override names only what it changes; setting a glob again changes the fields given.
+_SET_LIMIT = text("""
+    INSERT INTO limits AS l (pattern, like_pattern, concurrency, rate_count, rate_seconds, group_concurrency, set_by)
+    VALUES (:pattern, :like_pattern, :concurrency, :rate_count, :rate_seconds, :group_concurrency, :set_by)
+    ON CONFLICT (pattern) DO UPDATE SET
+        concurrency = COALESCE(EXCLUDED.concurrency, l.concurrency),
+        rate_count = COALESCE(EXCLUDED.rate_count, l.rate_count),
+        rate_seconds = COALESCE(EXCLUDED.rate_seconds, l.rate_seconds),
+        group_concurrency = COALESCE(EXCLUDED.group_concurrency, l.group_concurrency),
+        set_at = now(), set_by = EXCLUDED.set_by
+""")
+_CLEAR_LIMIT = text("DELETE FROM limits WHERE pattern = :pattern RETURNING pattern")
+_LIST_LIMITS = text("""
+    SELECT pattern, concurrency, rate_count, rate_seconds, group_concurrency, set_at, set_by
+    FROM limits ORDER BY set_at, pattern
+""")
+# A day: no rate's window is longer (app.limits.MAX_WINDOW).
+_PRUNE_STARTS = text("DELETE FROM run_starts WHERE started_at < now() - interval '1 day'")
+
+
+def set_limit(conn: Connection, pattern: str, like_pattern: str, values: dict[str, Any], set_by: str) -> None:
+    """Override the limits of the pipelines matching ``pattern``: the fields of ``values`` that are
+    not None (concurrency, rate_count and rate_seconds, group_concurrency)."""
+    conn.execute(_SET_LIMIT, {"pattern": pattern, "like_pattern": like_pattern, "set_by": set_by, **values})
+
+
+def clear_limit(conn: Connection, pattern: str) -> bool:
+    """Remove the override ``pattern``; False when there was none."""
+    return conn.execute(_CLEAR_LIMIT, {"pattern": pattern}).first() is not None
+
+
+def list_limits(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(_LIST_LIMITS))
+
+
+def prune_starts(conn: Connection) -> int:
+    """Forget the starts of rate-limited runs older than any window."""
+    return conn.execute(_PRUNE_STARTS).rowcount
+
+
 def pause(conn: Connection, pattern: str, like_pattern: str, paused_by: str) -> bool:
     """Pause the pipelines matching ``pattern``; False when it was paused already."""
     values = {"pattern": pattern, "like_pattern": like_pattern, "paused_by": paused_by}

@@ -39,13 +39,16 @@ class Enqueue:
     key: str | None = None
     max_attempts: int | None = None
     timeout: Any = None
+    group: str | None = None
 
 
 def prepare(asks: list[Enqueue]) -> list[NewRun]:
     """The runs asked for, validated as enqueue() validates them; ActionError for the first bad one."""
     try:
         return [
-            new_run(a.pipeline, a.params, a.priority, a.delay, a.max_attempts, a.timeout, a.key, a.run_at)
+            new_run(
+                a.pipeline, a.params, a.priority, a.delay, a.max_attempts, a.timeout, a.key, a.run_at, a.group
+            )
             for a in asks
         ]
     except EnqueueError as exc:
@@ -111,6 +114,7 @@ def retry(conn: Connection, run_id: int, params: Mapping[str, Any] | None = None
         key=old.key,
         max_attempts=old.max_attempts,
         timeout=None if old.timeout is None else old.timeout.total_seconds(),
+        group=old.run_group,
     )
     return enqueue(conn, [again])[0][0]
 

@@ -40,6 +40,9 @@ class EnqueueRequest(BaseModel):
     key: str | None = Field(default=None, description="idempotency key: a live run with it is reused")
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     timeout: float | str | None = Field(default=None, description="time limit: seconds or 10m")
+    group: str | None = Field(
+        default=None, min_length=1, max_length=200, description="the run's group, for group_concurrency"
+    )
 
     def ask(self) -> actions.Enqueue:
         return actions.Enqueue(**self.model_dump())

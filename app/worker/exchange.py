@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
 
 from app import queries
+from app.limits import Limits
 from app.queries import ClaimedRun, Success, Transition
 
 
 @dataclass(frozen=True)
 class Exchange:
     """``queries.exchange`` with what is fixed for one worker: its id, its pipelines' defaults
-    (max attempts, time limit in seconds) and the code version it stamps on the runs it claims."""
+    (max attempts, time limit in seconds), the code version it stamps on the runs it claims, and
+    its pipelines' limits from the code."""
 
     worker_id: str
     defaults: dict[str, tuple[int, float]]
     version: str
+    limits: Mapping[str, Limits] = field(default_factory=dict)
 
     def __call__(
         self, conn: Connection, successes: list[Success], transitions: list[Transition], limit: int = 0
@@ -33,6 +37,7 @@ class Exchange:
             limit=limit,
             defaults=self.defaults,
             version=self.version,
+            limits=self.limits,
         )
 
 

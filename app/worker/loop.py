@@ -70,7 +70,8 @@ class Worker:
         self.session = Session(database, poll, self.log, self.shutdown.write_deadline)
         self.engine = self.session.engine
         self.metrics = WorkerMetrics(self.defaults)
-        self.exchange = Exchange(options.worker_id, self.defaults, self.version)
+        limits = {name: p.limits for name, p in pipelines.items() if p.limits}
+        self.exchange = Exchange(options.worker_id, self.defaults, self.version, limits)
         self._wire(s)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.database import libpq_url
+from app.limits import limits
 from app.queries import claim as claim_sql
 from app.queries import fleet as fleet_sql
 from app.queries import runs as runs_sql
@@ -72,13 +73,21 @@ def _plan_cost(plan: list[str]) -> float:
     return float(plan[0].split("cost=")[1].split("..")[1].split(" ")[0])
 
 
+@pytest.mark.parametrize("flow", ["unlimited", "limited"])
 @pytest.mark.parametrize("limit", [10, 200])
-def test_the_claim_reads_the_index_in_order_and_is_never_compiled(filled: Engine, limit: int) -> None:
+def test_the_claim_reads_the_index_in_order_and_is_never_compiled(
+    filled: Engine, limit: int, flow: str
+) -> None:
     """On any statistics: each range is read from runs_pending_idx in claim order (no bitmap or
     sequential scan of runs, no sort of the backlog), the plan is costed below jit_above_cost,
-    and EXPLAIN ANALYZE shows no JIT compilation, on a server whose JIT is on or off."""
+    and EXPLAIN ANALYZE shows no JIT compilation, on a server whose JIT is on or off; with flow
+    control on one of the pipelines (a cap, a rate and groups) as without."""
+    first = next(iter(DEFAULTS))
+    capped = {first: limits(concurrency=limit // 2, rate="100000/m", group_concurrency=2)}
     with filled.begin() as conn:
-        plan = explain_claim(conn, limit=limit, defaults=DEFAULTS)
+        plan = explain_claim(
+            conn, limit=limit, defaults=DEFAULTS, limits=capped if flow == "limited" else None
+        )
     shown = "\n".join(plan)
     assert "Index Scan using runs_pending_idx" in shown, shown
     assert "Bitmap" not in shown, shown
@@ -127,6 +136,7 @@ def _hot_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
         "max_attempts": None,
         "timeout": None,
         "key": "k",
+        "group": None,
     }
     fail = {
         "id": ids[0],

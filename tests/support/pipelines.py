@@ -391,3 +391,11 @@ class TypedParams(BaseModel):
 @pipeline("test.typed", max_attempts=1, params=TypedParams)
 def typed(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     return params
+
+
+@pipeline("test.capped", concurrency=2, group_concurrency=1)
+def capped(ctx: Context, params: dict[str, Any]) -> dict[str, float]:
+    """Runs a while and says when, on its own clock: flow-control tests check the overlaps."""
+    start = time.time()
+    time.sleep(float(params.get("seconds", 0.2)))
+    return {"start": start, "end": time.time()}

@@ -1,0 +1,167 @@
+"""Flow control enforced by the claim (app.queries.claim) against the real database: a
+pipeline's concurrency, its rate, its groups' concurrency, overrides winning over the code, and
+unlimited pipelines claimed beside limited ones. Claims go through ``queries.exchange``, the
+worker's turn; several claimers at once must never pass a cap."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from app import enqueue, queries
+from app.limits import Limits, limits
+from app.queries import Success
+
+DEFAULTS = {"test.echo": (3, 60.0), "test.noop": (3, 60.0)}
+
+
+def add(engine: Engine, count: int, pipeline: str = "test.echo", group: str | None = None) -> list[int]:
+    with engine.begin() as conn:
+        return [enqueue(pipeline, {"n": n}, group=group, connection=conn) for n in range(count)]
+
+
+def claim(
+    engine: Engine,
+    flow: Mapping[str, Limits],
+    limit: int = 10,
+    worker: str = "w",
+    done: list[int] = (),  # type: ignore[assignment]
+) -> list[queries.ClaimedRun]:
+    successes = [Success(run_id, 1, "null") for run_id in done]
+    with engine.begin() as conn:
+        _, claimed = queries.exchange(
+            conn, worker_id=worker, successes=successes, limit=limit, defaults=DEFAULTS, limits=flow
+        )
+    return claimed
+
+
+def running(engine: Engine, pipeline: str = "test.echo") -> int:
+    with engine.connect() as conn:
+        sql = "SELECT count(*) FROM runs WHERE status = 'running' AND pipeline = :p"
+        return int(conn.execute(text(sql), {"p": pipeline}).scalar_one())
+
+
+def test_a_concurrency_cap_holds_across_claimers_and_frees_with_an_outcome(engine: Engine) -> None:
+    add(engine, 6)
+    flow = {"test.echo": limits(concurrency=2)}
+    first = claim(engine, flow, worker="a")
+    assert len(first) == 2
+    assert claim(engine, flow, worker="b") == []
+    again = claim(engine, flow, worker="a", done=[first[0].id])  # the turn that frees a slot claims it
+    assert len(again) == 1 and running(engine) == 2
+
+
+def test_a_limited_pipeline_never_holds_back_an_unlimited_one(engine: Engine) -> None:
+    add(engine, 5)
+    add(engine, 5, "test.noop")
+    claimed = claim(engine, {"test.echo": limits(concurrency=1)}, limit=10)
+    assert sorted(run.pipeline for run in claimed) == ["test.echo"] + ["test.noop"] * 5
+
+
+def test_group_concurrency_limits_each_group_and_not_runs_without_one(engine: Engine) -> None:
+    add(engine, 3, group="acme")
+    add(engine, 3, group="globex")
+    add(engine, 2)
+    claimed = claim(engine, {"test.echo": limits(group_concurrency=1)}, limit=10)
+    with engine.connect() as conn:
+        groups = (
+            conn.execute(
+                text("SELECT run_group FROM runs WHERE id = ANY(:ids)"), {"ids": [r.id for r in claimed]}
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(groups, key=lambda g: (g is None, g or "")) == ["acme", "globex", None, None]
+    assert claim(engine, {"test.echo": limits(group_concurrency=1)}, limit=10) == []
+
+
+def test_a_rate_counts_starts_in_its_window_even_after_they_finish(engine: Engine) -> None:
+    add(engine, 5)
+    flow = {"test.echo": limits(rate="3/h")}
+    first = claim(engine, flow)
+    assert len(first) == 3
+    assert claim(engine, flow, done=[run.id for run in first]) == []  # finished, still started this hour
+    with engine.begin() as conn:  # an hour later
+        conn.execute(text("UPDATE run_starts SET started_at = started_at - interval '61 minutes'"))
+    assert len(claim(engine, flow)) == 2
+
+
+def test_an_override_wins_over_the_code_and_limits_what_the_code_does_not(engine: Engine) -> None:
+    add(engine, 5)
+    add(engine, 5, "test.noop")
+    with engine.begin() as conn:
+        queries.set_limit(conn, "test.*", "test.%", limits(concurrency=1).as_claim(), "tester")
+    claimed = claim(engine, {"test.echo": limits(concurrency=3)})
+    assert sorted(run.pipeline for run in claimed) == ["test.echo", "test.noop"]
+    with engine.begin() as conn:
+        assert queries.clear_limit(conn, "test.*")
+    assert len(claim(engine, {"test.echo": limits(concurrency=3)})) == 2 + 4  # 3 echo in all, 4 noop
+
+
+def test_concurrent_claimers_never_pass_the_cap(engine: Engine) -> None:
+    """Eight threads, each its own connection, claim and complete as fast as they can; after
+    every turn the running count is read: it never passes the cap."""
+    add(engine, 400)
+    flow = {"test.echo": limits(concurrency=3)}
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            held: list[int] = []
+            while True:
+                claimed = claim(engine, flow, limit=2, worker=name, done=held)
+                held = [run.id for run in claimed]
+                seen.append(running(engine))
+                if not held and not _pending(engine):
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert max(seen) <= 3 and 3 in seen
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs WHERE status = 'succeeded'")).scalar_one() == 400
+
+
+def _pending(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM runs WHERE status = 'pending'")).scalar_one())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cap=st.integers(1, 4),
+    group_cap=st.integers(1, 2),
+    groups=st.lists(st.sampled_from(["a", "b", None]), min_size=1, max_size=12),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["x", "y", "z"]), st.integers(1, 4), st.booleans()), max_size=12
+    ),
+)
+def test_random_caps_groups_and_claimers_never_pass_a_cap(
+    engine: Engine, cap: int, group_cap: int, groups: list[str | None], steps: list[tuple[str, int, bool]]
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE runs, run_starts RESTART IDENTITY CASCADE"))
+        for group in groups:
+            enqueue("test.echo", {}, group=group, connection=conn)
+    flow = {"test.echo": limits(concurrency=cap, group_concurrency=group_cap)}
+    held: dict[str, list[int]] = {"x": [], "y": [], "z": []}
+    for worker, limit, finish in steps:
+        done, held[worker] = (held[worker], []) if finish else ([], held[worker])
+        held[worker] += [run.id for run in claim(engine, flow, limit=limit, worker=worker, done=done)]
+        with engine.connect() as conn:
+            counts = conn.execute(
+                text("SELECT run_group, count(*) FROM runs WHERE status = 'running' GROUP BY run_group")
+            ).all()
+        assert sum(n for _, n in counts) <= cap
+        assert all(n <= group_cap for group, n in counts if group is not None)
