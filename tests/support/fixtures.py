@@ -92,8 +92,8 @@ def engine(session_engine: Engine) -> Engine:
     with session_engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE runs, run_steps, workers, pauses, schedules, executions, api_tokens,"
-                " console_sessions RESTART IDENTITY CASCADE"
+                "TRUNCATE runs, run_steps, workers, pauses, limits, run_starts, schedules, executions,"
+                " api_tokens, console_sessions RESTART IDENTITY CASCADE"
             )
         )
     return session_engine
