@@ -34,6 +34,7 @@ class Registration:
     pipeline_filter: str
     pipelines: list[str]
     version: str
+    limits: str = "{}"  # JSON: its pipelines' limits from the code, as the claim reads them
 
 
 def register(conn: Connection, me: Registration, stale_after: timedelta) -> None:

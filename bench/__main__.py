@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +32,16 @@ from sqlalchemy.engine import make_url
 import bench.pipelines  # noqa: F401  (registers the bench pipelines for enqueue)
 from app import enqueue, enqueue_many, queries
 from app.database import Database, libpq_url, make_engine, migrate, resolve
+from app.limits import Limits, limits
 from app.settings import load_settings_or_exit
 from app.testing import scratch_database
 from bench import executor, http, plain
 from tests.support.claim_plan import explain_claim
 
 NOOP = {"bench.noop": (3, 60.0)}
+LIMITED = "bench.capped"  # concurrency 2 (bench/pipelines.py)
+# Limits that all apply but never bind a claim of 10: what the claim pays for flow control.
+LIMITS = {"bench.noop": limits(concurrency=100_000, rate="1000000/s", group_concurrency=1_000)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class Bench:
 
     def reset(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(text("TRUNCATE runs, run_steps, workers RESTART IDENTITY CASCADE"))
+            conn.execute(text("TRUNCATE runs, run_steps, workers, run_starts RESTART IDENTITY CASCADE"))
 
     def fill(self, count: int, pipeline: str = "bench.noop") -> None:
         self._enqueue_all(_batches(count, pipeline))
@@ -114,8 +118,8 @@ class Bench:
         with self.engine.connect() as conn:
             row = conn.execute(
                 text("""SELECT count(*) AS n, EXTRACT(EPOCH FROM max(finished_at) - min(started_at)) AS s
-                        FROM runs WHERE status = 'succeeded' AND id > :after_id"""),
-                {"after_id": after_id},
+                        FROM runs WHERE status = 'succeeded' AND id > :after_id AND pipeline <> :limited"""),
+                {"after_id": after_id, "limited": LIMITED},
             ).one()
         return float(row.n) / max(float(row.s or 0), 1e-6)
 
@@ -135,11 +139,15 @@ class Bench:
             ]
             raise SystemExit(f"bench: {what} exited with {codes}; last errors: {errors[-3:]}")
 
-    def drain(self, processes: int, concurrency: int, pipeline: str = "bench.noop", jobs: int = 0) -> float:
+    def drain(
+        self, processes: int, concurrency: int, pipeline: str = "bench.noop", jobs: int = 0, limited: int = 0
+    ) -> float:
         """A running, warmed-up fleet gets a backlog at once; runs per second until it is done.
 
         Worker start-up is left out: on two cores, starting eight workers and their executors
         costs more CPU than draining 20,000 runs, and would be measured instead of the drain.
+        With ``limited``, that many runs of bench.capped (2 at once, fleet-wide) wait beside the
+        backlog; only the backlog's runs are counted.
         """
         self.reset()
         jobs = jobs or self.size.jobs
@@ -149,6 +157,8 @@ class Bench:
             warm_up = processes * concurrency * 4
             self.fill(warm_up)
             _wait(lambda: self._succeeded() == warm_up, "the warm-up runs", every=0.02)
+            if limited:
+                self.fill(limited, LIMITED)
             self.fill(jobs, pipeline)
             _wait(lambda: self._succeeded() == warm_up + jobs, "the drain", timeout=900, every=0.05)
         finally:
@@ -158,7 +168,9 @@ class Bench:
         return self.span_rate(after_id=warm_up)
 
     def _succeeded(self) -> int:
-        return self._count("SELECT count(*) FROM runs WHERE status = 'succeeded'")
+        return self._count(
+            f"SELECT count(*) FROM runs WHERE status = 'succeeded' AND pipeline <> '{LIMITED}'"
+        )
 
     def plain(self, batch: int, processes: int = 2) -> float:
         self.reset()
@@ -247,13 +259,17 @@ class Bench:
                 worker.terminate()
             self.finish(workers, "a worker")
 
-    def claim_ms(self) -> float:
+    def claim_ms(self, flow: Mapping[str, Limits] | None = None) -> float:
+        """The median time of a claim of 10 (rolled back), as a worker's turn; with ``flow``, under
+        those limits (which must leave room for the 10)."""
         samples = []
         for _ in range(100):
             with self.engine.connect() as conn:
                 started = time.perf_counter()
                 with conn.begin() as tx:
-                    queries.exchange(conn, worker_id="bench", limit=10, defaults=NOOP, version="bench")
+                    queries.exchange(
+                        conn, worker_id="bench", limit=10, defaults=NOOP, version="bench", limits=flow
+                    )
                     tx.rollback()
                 samples.append((time.perf_counter() - started) * 1000)
         return statistics.median(samples)
@@ -400,6 +416,12 @@ def measure(bench: Bench) -> Iterator[Row]:
         yield Row(f"drain, {processes} process(es) x concurrency {c} (jobs/s)", f"{rate:,.0f}", peers)
         if processes == 2:
             yield Row("dead tuples in runs right after that drain", f"{bench.dead_tuples():,}")
+            beside = bench.drain(processes, c, limited=size.work_jobs)
+            yield Row(
+                f"drain, {processes} processes, beside {size.work_jobs:,} pending runs capped at 2 at once",
+                f"{beside:,.0f} ({beside / rate:.0%} of the drain above)",
+                "the unlimited drain unchanged",
+            )
     yield Row("drain, plain loop claim 1 + complete 1, 2 processes (jobs/s)", f"{plain1:,.0f}", "2,300-3,000")
     yield Row(
         "drain, plain loop claim 100 + complete 100, 2 processes (jobs/s)",
@@ -440,6 +462,12 @@ def measure(bench: Bench) -> Iterator[Row]:
     bench.fill(1_000)
     empty = bench.claim_ms()
     yield Row("claim of 10, 1,000 pending (ms, median)", f"{empty:.2f}")
+    capped = bench.claim_ms(LIMITS)
+    yield Row(
+        "claim of 10, 1,000 pending, with a concurrency, a rate and group limits (ms, median)",
+        f"{capped:.2f} ({capped / empty:.2f}x)",
+        "target <= 1.5x",
+    )
     if size.big_table:
         bench.grow_table()
         big = bench.claim_ms()

@@ -22,3 +22,9 @@ def work10ms(ctx: Context, params: dict[str, Any]) -> None:
 def stamp(ctx: Context, params: dict[str, Any]) -> float:
     """When the pipeline started, on this host's clock (the benchmark runs its workers locally)."""
     return time.time()
+
+
+@pipeline("bench.capped", concurrency=2)
+def capped(ctx: Context, params: dict[str, Any]) -> None:
+    """A pipeline held to 2 runs at once across the fleet, for the drain beside a limited backlog."""
+    time.sleep(0.05)

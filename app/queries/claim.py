@@ -75,7 +75,8 @@ _OVERRIDE = """(SELECT o.{select} FROM limits o
                  WHERE a.name LIKE o.like_pattern AND o.{field} IS NOT NULL ORDER BY o.set_at DESC LIMIT 1)"""
 
 
-def _override(field: str, select: str = "") -> str:
+def override(field: str, select: str = "") -> str:
+    """The latest override's ``field`` (or ``select``) for pipeline ``a.name``, as a subquery."""
     return _OVERRIDE.format(field=field, select=select or field)
 
 
@@ -92,8 +93,8 @@ _CLAIM = (
         SELECT e.*, pg_try_advisory_xact_lock(%(lock_space)s, hashtext(e.name)) AS locked
         FROM (
             SELECT a.name,
-                   COALESCE({_override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
-                   COALESCE({_override("group_concurrency")},
+                   COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+                   COALESCE({override("group_concurrency")},
                             (code.v ->> 'group_concurrency')::int) AS group_concurrency,
                    COALESCE(rate.rate_count, (code.v ->> 'rate_count')::int) AS rate_count,
                    COALESCE(rate.rate_seconds, (code.v ->> 'rate_seconds')::double precision) AS rate_seconds
@@ -166,14 +167,14 @@ _CLAIM = (
 # pattern of the override, or NULL for the code), read as the claim reads them.
 _EFFECTIVE_LIMITS = f"""
     SELECT a.name,
-           COALESCE({_override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
-           {_override("concurrency", "pattern")} AS concurrency_from,
-           COALESCE({_override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
-           COALESCE({_override("rate_count", "rate_seconds")},
+           COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+           {override("concurrency", "pattern")} AS concurrency_from,
+           COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
+           COALESCE({override("rate_count", "rate_seconds")},
                     (code.v ->> 'rate_seconds')::double precision) AS rate_seconds,
-           {_override("rate_count", "pattern")} AS rate_from,
-           COALESCE({_override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
-           {_override("group_concurrency", "pattern")} AS group_concurrency_from,
+           {override("rate_count", "pattern")} AS rate_from,
+           COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
+           {override("group_concurrency", "pattern")} AS group_concurrency_from,
            (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = a.name) AS running,
            (SELECT count(*) FROM runs r WHERE r.status = {PENDING} AND r.pipeline = a.name
                                         AND r.run_at <= now()) AS due

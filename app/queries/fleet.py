@@ -26,13 +26,13 @@ from app.states import (
 # one the caller found no longer running on its host (:gone_pid). Decided in the upsert itself, so
 # two processes registering at once cannot both win.
 _REGISTER_WORKER = text("""
-    INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, pipelines, version)
-    VALUES (:id, :hostname, :pid, :concurrency, :pipeline_filter, :pipelines, :version)
+    INSERT INTO workers (id, hostname, pid, concurrency, pipeline_filter, pipelines, version, limits)
+    VALUES (:id, :hostname, :pid, :concurrency, :pipeline_filter, :pipelines, :version, CAST(:limits AS jsonb))
     ON CONFLICT (id) DO UPDATE
     SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now(),
         stopped_at = NULL, concurrency = EXCLUDED.concurrency,
         pipeline_filter = EXCLUDED.pipeline_filter, pipelines = EXCLUDED.pipelines,
-        version = EXCLUDED.version
+        version = EXCLUDED.version, limits = EXCLUDED.limits
     WHERE workers.stopped_at IS NOT NULL
        OR workers.heartbeat_at < now() - make_interval(secs => :stale)
        OR (workers.hostname = EXCLUDED.hostname AND workers.pid = CAST(:gone_pid AS integer))

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, text
 
+from app.queries.claim import override
 from app.queries.common import (
     FINAL_OUTCOMES_SQL,
     PENDING,
@@ -54,6 +55,33 @@ _LIVE_WORKER = "stopped_at IS NULL AND heartbeat_at >= now() - make_interval(sec
 # A pending run that has been due for longer than HEALTH_BACKLOG_FOR.
 _WAITED_TOO_LONG = f"status = {PENDING} AND run_at <= now() - make_interval(secs => :backlog_for)"
 
+# Runs that have waited too long because a limit holds them (app.limits), by pipeline and group:
+# the pipeline is at its concurrency or its rate, or the run's group is full. The code's limits
+# are those a live worker registered; overrides win, as in the claim.
+_HELD_BY_LIMITS = f"""
+    SELECT a.runs FROM (
+        SELECT pipeline AS name, run_group, count(*) AS runs FROM runs WHERE {_WAITED_TOO_LONG}
+        GROUP BY pipeline, run_group
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT (SELECT w.limits -> a.name FROM workers w WHERE {_LIVE_WORKER} AND w.limits -> a.name IS NOT NULL
+                ORDER BY w.heartbeat_at DESC LIMIT 1) AS v
+    ) AS code
+    CROSS JOIN LATERAL (
+        SELECT COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+               COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
+               COALESCE({override("rate_count", "rate_seconds")},
+                        (code.v ->> 'rate_seconds')::double precision) AS rate_seconds,
+               COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int)
+                   AS group_concurrency
+    ) AS e
+    WHERE (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = a.name) >= e.concurrency
+       OR (SELECT count(*) FROM run_starts s WHERE s.pipeline = a.name
+             AND s.started_at > now() - make_interval(secs => e.rate_seconds)) >= e.rate_count
+       OR (a.run_group IS NOT NULL AND (SELECT count(*) FROM runs r WHERE r.status = {RUNNING}
+             AND r.pipeline = a.name AND r.run_group = a.run_group) >= e.group_concurrency)
+"""
+
 _HEALTH = text(f"""
     WITH finished AS (
         SELECT count(*) AS runs,
@@ -70,6 +98,7 @@ _HEALTH = text(f"""
            (SELECT count(*) FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
               WHERE {_STUCK_WHERE}) AS stuck_runs,
            (SELECT max(finished_at) FROM runs WHERE finished_at IS NOT NULL) AS last_activity,
+           (SELECT COALESCE(sum(held.runs), 0) FROM ({_HELD_BY_LIMITS}) AS held) AS limit_waiting,
            (SELECT array_agg(waiting.pipeline ORDER BY waiting.pipeline)
               FROM (SELECT pipeline FROM runs WHERE {_WAITED_TOO_LONG} GROUP BY pipeline) AS waiting
               WHERE NOT EXISTS (SELECT 1 FROM workers w

@@ -58,6 +58,11 @@ class _Fleet:
             "Interrupted runs, or runs far past their limit",
             value=snapshot.stuck_runs,
         )
+        yield GaugeMetricFamily(
+            "orbit_fleet_waiting_on_limits",
+            "Runs due for over HEALTH_BACKLOG_FOR that a flow-control limit holds back (not a backlog)",
+            value=snapshot.limit_waiting,
+        )
 
 
 def render(conn: Connection, settings: Settings) -> tuple[bytes, str]:

@@ -14,6 +14,7 @@ and the metrics, from the HTTP thread); everything else is the loop's own.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -176,6 +177,7 @@ class Worker:
             pipeline_filter=self.options.pipeline_filter,
             pipelines=sorted(self.defaults),
             version=self.version,
+            limits=json.dumps({name: flow.as_claim() for name, flow in self.exchange.limits.items()}),
         )
 
     # --- the loop ----------------------------------------------------------------------------

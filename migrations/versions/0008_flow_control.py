@@ -24,6 +24,9 @@ def upgrade() -> None:
     op.execute(
         "CREATE INDEX runs_running_pipeline_idx ON runs (pipeline, run_group) WHERE status = 'running'"
     )
+    # Each worker's limits from its code, so health tells a backlog held by a limit from one no
+    # worker takes (app.queries.inspect).
+    op.execute("ALTER TABLE workers ADD COLUMN limits jsonb NOT NULL DEFAULT '{}'")
     op.execute("""
         CREATE TABLE limits (
             pattern            text        PRIMARY KEY CHECK (length(pattern) BETWEEN 1 AND 200),
@@ -56,4 +59,5 @@ def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS run_starts")
     op.execute("DROP TABLE IF EXISTS limits")
     op.execute("DROP INDEX IF EXISTS runs_running_pipeline_idx")
+    op.execute("ALTER TABLE workers DROP COLUMN IF EXISTS limits")
     op.execute("ALTER TABLE runs DROP COLUMN IF EXISTS run_group")

@@ -27,7 +27,9 @@ def test_the_quick_benchmark_prints_its_table(worker_env: dict[str, str]) -> Non
         "HTTP batch enqueue",
         "drain, 2 process",
         "drain, plain loop claim 100",
+        "drain, 2 processes, beside",
         "pickup",
+        "claim of 10, 1,000 pending, with a concurrency",
     )
     for figure in figures:
         assert any(line.startswith(f"| {figure}") for line in table), figure

@@ -61,6 +61,12 @@ def test_three_workers_hold_a_pipelines_cap_and_each_groups(engine: Engine, spaw
     wait_until(lambda: _succeeded(engine) == 12, timeout=90, what="the 12 runs to succeed")
     spans = _spans(engine)
     assert _most_at_once(spans) == 2
+    with engine.connect() as conn:  # what health reads to tell a held backlog from a dead fleet
+        registered = conn.execute(text("SELECT limits -> 'test.capped' FROM workers")).scalars().all()
+    assert (
+        registered
+        == [{"concurrency": 2, "rate_count": None, "rate_seconds": None, "group_concurrency": 1}] * 3
+    )
     assert _most_at_once([s for s in spans if s[2] == "acme"]) == 1
 
 

@@ -6,11 +6,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from app import health, queries
 from app.database import make_engine
 from app.health import Status
+from app.limits import limits
 from app.settings import Settings
 from tests.support.runs import finished_run, pending_run, running_run, worker_row
 
@@ -62,6 +63,32 @@ def test_a_backlog_that_has_waited_too_long_warns(
     assert result.status == Status.WARNING
     assert "4 runs have waited over 1m" in result.message
     assert "8 pending in all" in result.message
+
+
+def test_a_backlog_a_limit_holds_is_said_apart_and_does_not_warn(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Runs of a pipeline at its fleet-wide cap wait by design: health counts them apart
+    (waitingOnLimits), and warns only about the runs no limit holds."""
+    worker_row(engine, "w1")
+    with engine.begin() as conn:  # the cap as a live worker registers its code's limits
+        conn.execute(
+            text("UPDATE workers SET limits = CAST(:limits AS jsonb) WHERE id = 'w1'"),
+            {"limits": json.dumps({"test.noop": limits(concurrency=1).as_claim()})},
+        )
+    running_run(engine, "test.noop", "w1")
+    for _ in range(5):
+        pending_run(engine, "test.noop", due_ago=120)
+    settings = make_settings(HEALTH_BACKLOG=3, HEALTH_BACKLOG_FOR="1m")
+    held = _check(engine, settings)
+    assert held.status == Status.HEALTHY, held.message
+    assert held.as_json()["waitingOnLimits"] == 5
+    with engine.begin() as conn:  # an override raises the cap: now nothing holds them
+        queries.set_limit(conn, "test.*", "test.%", limits(concurrency=10).as_claim(), "tester")
+    loose = _check(engine, settings)
+    assert loose.status == Status.WARNING
+    assert "5 runs have waited over 1m" in loose.message
+    assert loose.as_json()["waitingOnLimits"] == 0
 
 
 def test_runs_no_live_worker_can_run_warn(engine: Engine, make_settings: Callable[..., Settings]) -> None:
