@@ -70,6 +70,30 @@ def test_three_workers_hold_a_pipelines_cap_and_each_groups(engine: Engine, spaw
     assert _most_at_once([s for s in spans if s[2] == "acme"]) == 1
 
 
+def test_a_rate_holds_over_several_windows_across_workers(engine: Engine, spawn_worker: Spawn) -> None:
+    """test.rated: 4 a second. 14 runs take at least three windows, and no second holds five starts."""
+    with engine.begin() as conn:
+        for _ in range(14):
+            enqueue("test.rated", {}, connection=conn)
+    spawn_worker("--concurrency", "4")
+    spawn_worker("--concurrency", "4")
+    wait_until(lambda: _succeeded(engine) == 14, timeout=60, what="the 14 rated runs")
+    with engine.connect() as conn:
+        starts = (
+            conn.execute(text("SELECT EXTRACT(EPOCH FROM started_at)::float FROM run_starts ORDER BY 1"))
+            .scalars()
+            .all()
+        )
+        claimed = (
+            conn.execute(text("SELECT EXTRACT(EPOCH FROM started_at)::float FROM runs ORDER BY 1"))
+            .scalars()
+            .all()
+        )
+    assert len(starts) == 14
+    assert all(later - first >= 1.0 for first, later in zip(starts, starts[4:], strict=False))
+    assert claimed[-1] - claimed[0] >= 3.0 - 0.1  # the runs' own start times agree, to the claim's lag
+
+
 def test_orbit_limit_lowers_and_raises_a_cap_while_runs_flow(
     engine: Engine, spawn_worker: Spawn, orbit: Orbit
 ) -> None:

@@ -6,6 +6,7 @@ worker's turn; several claimers at once must never pass a cap."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from collections.abc import Mapping
 
 from hypothesis import HealthCheck, given, settings
@@ -100,6 +101,21 @@ def test_an_override_wins_over_the_code_and_limits_what_the_code_does_not(engine
     with engine.begin() as conn:
         assert queries.clear_limit(conn, "test.*")
     assert len(claim(engine, {"test.echo": limits(concurrency=3)})) == 2 + 4  # 3 echo in all, 4 noop
+
+
+def test_a_cancel_and_a_rescue_free_their_slots(engine: Engine) -> None:
+    add(engine, 4)
+    flow = {"test.echo": limits(concurrency=2)}
+    first, second = claim(engine, flow)
+    with engine.begin() as conn:
+        queries.cancel(conn, first.id)
+    assert len(claim(engine, flow, worker="b")) == 1
+    with engine.begin() as conn:  # w's heartbeat went silent: the rescuer gives its run back
+        conn.execute(
+            text("UPDATE runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :id"), {"id": second.id}
+        )
+        queries.recover(conn, timedelta(seconds=60))
+    assert len(claim(engine, flow, worker="c")) == 1
 
 
 def test_concurrent_claimers_never_pass_the_cap(engine: Engine) -> None:

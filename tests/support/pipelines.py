@@ -399,3 +399,8 @@ def capped(ctx: Context, params: dict[str, Any]) -> dict[str, float]:
     start = time.time()
     time.sleep(float(params.get("seconds", 0.2)))
     return {"start": start, "end": time.time()}
+
+
+@pipeline("test.rated", rate="4/s")
+def rated(ctx: Context, params: dict[str, Any]) -> None:
+    return None
