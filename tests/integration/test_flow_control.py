@@ -6,8 +6,8 @@ worker's turn; several claimers at once must never pass a cap."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 from collections.abc import Mapping
+from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
