@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app import access, health
+from app import access, health, operations
 from app.access import Role
 from app.durations import parse_duration
+from app.limits import MAX_CAP, LimitError, limits
 from app.queries import RunFilter
 from app.serve import actions, fleet_metrics, views
 from app.serve.auth import Caller
@@ -299,6 +300,59 @@ def pipelines(request: Request, _: Viewer) -> Any:
     orbit = server(request)
     with orbit.read() as conn:
         return {"pipelines": views.pipelines(conn, orbit.known)}
+
+
+class LimitRequest(BaseModel):
+    """An override of the limits of the pipelines matching ``pattern`` (the fields given)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pattern: str = Field(min_length=1, max_length=200, description="a pipeline name or glob (* and ?)")
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CAP, description="running at once, fleet-wide")
+    rate: str | None = Field(
+        default=None, max_length=40, description="started per window: 100/m, 5/s, 1000/h"
+    )
+    group_concurrency: int | None = Field(
+        default=None, ge=1, le=MAX_CAP, description="running at once per group"
+    )
+
+
+@router.get("/api/limits", tags=["pipelines"])
+def list_limits(request: Request, _: Viewer) -> Any:
+    """The limited pipelines with each limit and where it comes from, and the overrides."""
+    orbit = server(request)
+    with orbit.read() as conn:
+        return operations.limits_in_force(conn, {name: p.limits for name, p in orbit.known.items()})
+
+
+@router.put("/api/limits", tags=["pipelines"])
+def set_limit(request: Request, body: LimitRequest, who: Operator) -> Any:
+    """Override limits (fleet-wide, from every worker's next claim); fields left out are kept."""
+    try:
+        flow = limits(body.concurrency, body.rate, body.group_concurrency)
+    except LimitError as exc:
+        raise HTTPException(400, str(exc)) from None
+    orbit = server(request)
+    with orbit.begin() as conn:
+        try:
+            operations.set_limit(conn, body.pattern, flow, set(orbit.known), f"token:{who.name}")
+        except operations.OperationError as exc:
+            raise HTTPException(400, str(exc)) from None
+    audit(who, "limit", pattern=body.pattern, **flow.as_claim())
+    return {"pattern": body.pattern, "limits": operations.describe(flow.as_claim())}
+
+
+@router.delete("/api/limits", tags=["pipelines"])
+def clear_limit(
+    request: Request, pattern: Annotated[str, Query(min_length=1, max_length=200)], who: Operator
+) -> Any:
+    """Remove the override ``pattern``: the code's limits apply again."""
+    with server(request).begin() as conn:
+        try:
+            removed = operations.clear_limit(conn, pattern)
+        except operations.OperationError as exc:
+            raise HTTPException(400, str(exc)) from None
+    audit(who, "clear limit", pattern=pattern, removed=removed)
+    return {"pattern": pattern, "removed": removed}
 
 
 @router.post("/api/pipelines/pause", tags=["pipelines"])

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import HTTPException
 from sqlalchemy import Connection
 
-from app import globs, queries, registry, schedules
+from app import globs, operations, queries, registry, schedules
 from app.durations import format_duration
 from app.queries import RunFilter
 from app.settings import Settings
@@ -129,6 +129,8 @@ def pipelines(conn: Connection, known: dict[str, registry.Pipeline]) -> list[dic
     for depth in queries.queue_depth(conn):
         live.setdefault(depth.pipeline, {})[depth.status] = depth.runs
     result = []
+    in_force = operations.limits_in_force(conn, {name: p.limits for name, p in known.items()})
+    flow = {row["pipeline"]: row for row in in_force["pipelines"]}
     for name in sorted(set(known) | served):
         p = known.get(name)
         item: dict[str, Any] = {
@@ -137,6 +139,7 @@ def pipelines(conn: Connection, known: dict[str, registry.Pipeline]) -> list[dic
             "served": name in served,
             "paused_by": [glob for glob in pauses if globs.matches(glob, name)],
             "now": live.get(name, {}),
+            "limits": flow.get(name),
         }
         if p is not None:
             state = stored.get(name)

@@ -352,9 +352,44 @@ def test_pause_unpause_and_drain(client: TestClient, engine: Engine) -> None:
         assert conn.execute(text("SELECT pattern FROM pauses")).scalars().all() == ["test.sleep"]
 
 
+def test_limits_are_shown_set_and_cleared(client: TestClient, engine: Engine) -> None:
+    """GET /api/limits shows the code's limits and the overrides; PUT sets an override (a typo, a
+    bad value and NUL are refused, nothing written); DELETE removes it."""
+    shown = client.get("/api/limits").json()
+    capped = next(p for p in shown["pipelines"] if p["pipeline"] == "test.capped")
+    assert capped["concurrency"] == "2 (code)" and capped["group_concurrency"] == "1 (code)"
+    done = client.put("/api/limits", json={"pattern": "test.cap*", "concurrency": 5, "rate": "10/s"})
+    assert done.status_code == 200 and done.json()["limits"] == "concurrency 5, rate 10/s"
+    capped = next(p for p in client.get("/api/limits").json()["pipelines"] if p["pipeline"] == "test.capped")
+    assert capped["concurrency"] == "5 (override test.cap*)" and capped["rate"] == "10/s (override test.cap*)"
+    assert capped["group_concurrency"] == "1 (code)"
+    for bad, said in [
+        ({"pattern": "tset.*", "concurrency": 1}, "nothing was limited"),
+        ({"pattern": "test.*", "rate": "fast"}, "expected a count per window"),
+        ({"pattern": "test.*"}, "give a concurrency"),
+        ({"pattern": "test.\u0000", "concurrency": 1}, ""),
+    ]:
+        refused = client.put("/api/limits", json=bad)
+        assert refused.status_code in (400, 422), (bad, refused.text)
+        assert said in error_of(refused)
+    assert client.put("/api/limits", json={"pattern": "test.*", "concurrency": 0}).status_code == 422
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pattern FROM limits")).scalars().all() == ["test.cap*"]
+    assert client.delete("/api/limits", params={"pattern": "test.cap*"}).json()["removed"] is True
+    assert client.delete("/api/limits", params={"pattern": "test.cap*"}).json()["removed"] is False
+
+
 # --- who may do what ------------------------------------------------------------------------------
 
-READS = ["/queue/stats", "/queue/workers", "/api/runs", "/api/pipelines", "/api/metrics", "/metrics"]
+READS = [
+    "/queue/stats",
+    "/queue/workers",
+    "/api/runs",
+    "/api/pipelines",
+    "/api/limits",
+    "/api/metrics",
+    "/metrics",
+]
 
 
 def test_with_tokens_every_call_needs_one(client: TestClient, token: Callable[[str], dict[str, str]]) -> None:
@@ -378,6 +413,8 @@ def test_roles_bound_what_each_token_may_do(
     run = {"pipeline": "test.noop"}
     assert client.post("/queue/enqueue", json=run, headers=viewer).status_code == 403
     assert client.post("/api/pipelines/pause", json=run, headers=viewer).status_code == 403
+    limit = {"pattern": "test.noop", "concurrency": 1}
+    assert client.put("/api/limits", json=limit, headers=viewer).status_code == 403
     assert client.post("/queue/enqueue", json=run, headers=operator).status_code == 201
     assert client.post("/queue/flush", json=run, headers=operator).status_code == 403
     assert client.get("/api/tokens", headers=operator).status_code == 403
