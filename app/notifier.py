@@ -13,8 +13,9 @@ import psycopg
 import structlog
 
 from app.database import Database
+from app.queries.common import RUNS_CHANNEL
 
-CHANNEL = "orbit_runs"
+CHANNEL = RUNS_CHANNEL
 log = structlog.get_logger("orbit.notifier")
 
 

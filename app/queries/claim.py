@@ -17,6 +17,7 @@ from app.limits import Limits
 from app.queries.common import (
     PENDING,
     RUNNING,
+    RUNS_CHANNEL,
     SUCCEEDED,
     on_driver,
     to_json,
@@ -391,6 +392,16 @@ def _send_transition(driver: psycopg.Connection[Any], worker_id: str, t: Transit
     return driver.execute(_FAIL, params)
 
 
+# An outcome of a limited pipeline frees room another worker may be waiting for: wake the idle
+# workers, as a new run does (app.notifier), instead of leaving the slot to their next poll. The
+# notification goes out when the turn commits. Pipelines limited only by an override are left to
+# the poll.
+_WAKE_FOR_ROOM = """
+    SELECT pg_notify(%(channel)s, '')
+    WHERE EXISTS (SELECT 1 FROM runs WHERE id = ANY(%(ids)s) AND pipeline = ANY(%(limited)s))
+"""
+
+
 def exchange(
     conn: Connection,
     *,
@@ -417,6 +428,10 @@ def exchange(
             driver.execute("BEGIN")
         written = [_send_successes(driver, worker_id, successes)] if successes else []
         written += [_send_transition(driver, worker_id, t) for t in transitions]
+        limited = [name for name, flow in (limits or {}).items() if flow]
+        if limited and (successes or transitions):
+            ended = [s.id for s in successes] + [t.id for t in transitions]
+            driver.execute(_WAKE_FOR_ROOM, {"ids": ended, "limited": limited, "channel": RUNS_CHANNEL})
         claiming = (
             _send_claim(driver, worker_id, limit, defaults or {}, version, limits or {}) if limit else None
         )

@@ -50,6 +50,9 @@ _C_ENCODE = (
     else None
 )
 
+# The channel a new run (the INSERT trigger, migration 0001) and freed room notify on.
+RUNS_CHANNEL = "orbit_runs"
+
 
 def to_json(value: Any) -> str:
     """JSON text for a jsonb parameter; rejects what Postgres cannot store (NaN, NUL, lone surrogates)."""

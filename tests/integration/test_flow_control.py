@@ -9,13 +9,16 @@ import threading
 from collections.abc import Mapping
 from datetime import timedelta
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from app import enqueue, queries
+from app.database import libpq_url
 from app.limits import Limits, limits
 from app.queries import Success
+from app.queries.common import RUNS_CHANNEL
 
 DEFAULTS = {"test.echo": (3, 60.0), "test.noop": (3, 60.0)}
 
@@ -116,6 +119,21 @@ def test_a_cancel_and_a_rescue_free_their_slots(engine: Engine) -> None:
         )
         queries.recover(conn, timedelta(seconds=60))
     assert len(claim(engine, flow, worker="c")) == 1
+
+
+def test_an_outcome_of_a_limited_pipeline_wakes_the_idle_workers(engine: Engine, direct_url: str) -> None:
+    """Room freed by an outcome is announced on the channel new runs use; other outcomes are not."""
+    add(engine, 2)
+    add(engine, 1, "test.noop")
+    flow = {"test.echo": limits(concurrency=1)}
+    echo, noop = sorted(claim(engine, flow), key=lambda run: run.pipeline)
+    with psycopg.connect(libpq_url(direct_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {RUNS_CHANNEL}")
+        claim(engine, flow, limit=0, done=[noop.id])
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        claim(engine, flow, limit=0, done=[echo.id])
+        heard = list(listener.notifies(timeout=10, stop_after=1))
+    assert [n.channel for n in heard] == [RUNS_CHANNEL]
 
 
 def test_concurrent_claimers_never_pass_the_cap(engine: Engine) -> None:
