@@ -28,6 +28,7 @@ RUN_BY = {
     ("Deploy", "supervisorctl"): "tests/test_supervisord.py",
     ("Roll back", "supervisorctl"): "tests/test_supervisord.py",
     ("Pause and drain", "orbit"): __name__,
+    ("Flow control", "orbit"): __name__,
     ("Deploy", "orbit"): __name__,
     ("Roll back", "orbit"): __name__,
     ("Roll back", "alembic"): __name__,
@@ -60,6 +61,17 @@ def _ok(command: Command, env: dict[str, str], cwd: Path = runbook.ROOT) -> str:
 def _rows(engine: Engine, sql: str) -> list[tuple[object, ...]]:
     with engine.connect() as conn:
         return [tuple(row) for row in conn.execute(text(sql))]
+
+
+def test_flow_control(engine: Engine, worker_env: dict[str, str]) -> None:
+    """limit (a rate, a concurrency), limits, and --clear: each exits 0 and does what it says."""
+    rate, concurrency, listing, clear = _section("Flow control")
+    assert "rate 20/m" in _ok(rate, worker_env)
+    assert "concurrency 1" in _ok(concurrency, worker_env)
+    shown = _ok(listing, worker_env)
+    assert "20/m (override crm.*)" in shown and "1 (override warehouse.load)" in shown
+    assert "override removed" in _ok(clear, worker_env)
+    assert _rows(engine, "SELECT pattern FROM limits") == [("warehouse.load",)]
 
 
 def test_pause_and_drain(engine: Engine, worker_env: dict[str, str]) -> None:
@@ -161,7 +173,7 @@ def release_db(server: TestServer) -> Iterator[Scratch]:
 
 
 def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0007)."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0008)."""
     env = {**worker_env, **release_db.env()}
     migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
@@ -178,7 +190,8 @@ def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str,
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
-        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0006_run_ids",)]
-        assert not {"api_tokens", "console_sessions"} & tables
+        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0007_access",)]
+        assert not {"limits", "run_starts"} & tables
+        assert "run_group" not in {column["name"] for column in inspect(engine).get_columns("runs")}
     finally:
         engine.dispose()

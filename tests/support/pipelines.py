@@ -404,3 +404,14 @@ def capped(ctx: Context, params: dict[str, Any]) -> dict[str, float]:
 @pipeline("test.rated", rate="4/s")
 def rated(ctx: Context, params: dict[str, Any]) -> None:
     return None
+
+
+# The pipelines docs/operations.md's "Flow control" limits (tests/acceptance/test_operations_doc.py).
+@pipeline("crm.sync", rate="100/m")
+def crm_sync(ctx: Context, params: dict[str, Any]) -> None:
+    return None
+
+
+@pipeline("warehouse.load", concurrency=4)
+def warehouse_load(ctx: Context, params: dict[str, Any]) -> None:
+    return None
