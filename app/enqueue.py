@@ -218,7 +218,8 @@ def _check_text(what: str, value: str | None, longest: int, shortest: int = 0) -
     if value is None:
         return
     if not isinstance(value, str) or not shortest <= len(value) <= longest:
-        raise EnqueueError(f"{what} must be text of {shortest} to {longest} characters, not {value!r:.80}")
+        size = f"at most {longest}" if shortest == 0 else f"{shortest} to {longest}"
+        raise EnqueueError(f"{what} must be text of {size} characters, not {value!r:.80}")
     if "\x00" in value:
         raise EnqueueError(f"{what} cannot hold a NUL character (PostgreSQL text cannot store it)")
     try:

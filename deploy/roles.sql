@@ -132,4 +132,17 @@ BEGIN
         ON runs TO orbit_operator;
     GRANT DELETE ON runs TO orbit_operator;  -- prune
     GRANT INSERT (pattern, like_pattern, paused_by), DELETE ON pauses TO orbit_operator;
+
+    -- Flow control (migration 0008): groups, the limits' overrides, the starts of rate-limited runs.
+    IF to_regclass('public.limits') IS NOT NULL THEN
+        ALTER TABLE limits OWNER TO orbit_migrator;
+        ALTER TABLE run_starts OWNER TO orbit_migrator;
+        REVOKE ALL ON limits, run_starts FROM PUBLIC, orbit_enqueuer, orbit_worker, orbit_operator;
+        GRANT INSERT (run_group) ON runs TO orbit_worker, orbit_enqueuer;  -- schedules; enqueue(group=)
+        GRANT INSERT (limits), UPDATE (limits) ON workers TO orbit_worker;  -- its code's limits
+        GRANT SELECT ON limits, run_starts TO orbit_worker, orbit_operator;  -- the claim, health
+        GRANT INSERT ON run_starts TO orbit_worker;  -- the claim of a rate-limited run
+        GRANT DELETE ON run_starts TO orbit_worker;  -- the rescuer forgets starts older than a day
+        GRANT SELECT, INSERT, UPDATE, DELETE ON limits TO orbit_operator;  -- orbit limit
+    END IF;
 END $$;
