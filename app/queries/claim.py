@@ -81,8 +81,31 @@ def override(field: str, select: str = "") -> str:
     return _OVERRIDE.format(field=field, select=select or field)
 
 
-_GROUP_RUNNING = f"""(SELECT count(*) FROM runs g
-                 WHERE g.status = {RUNNING} AND g.pipeline = allowed.name AND g.run_group = runs.run_group)"""
+# The limits in force for pipeline a.name, its code's limits being the jsonb code.v: an override
+# wins field by field. The claim, `orbit limits` and health read them alike.
+LIMITS_IN_FORCE = f"""
+    COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+    COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
+    COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
+    COALESCE({override("rate_count", "rate_seconds")}, (code.v ->> 'rate_seconds')::double precision)
+        AS rate_seconds"""
+
+
+def running_of(pipeline: str, group: str | None = None) -> str:
+    """The count of running runs of ``pipeline`` (and of ``group``), SQL expressions both."""
+    of_group = "" if group is None else f" AND r.run_group = {group}"
+    return f"(SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = {pipeline}{of_group})"
+
+
+def starts_within(pipeline: str, seconds: str, clock: str) -> str:
+    """The count of starts of ``pipeline`` in the ``seconds`` before ``clock`` (run_starts)."""
+    return (
+        f"(SELECT count(*) FROM run_starts s WHERE s.pipeline = {pipeline}"
+        f" AND s.started_at > {clock} - make_interval(secs => {seconds}))"
+    )
+
+
+_GROUP_RUNNING = running_of("allowed.name", "runs.run_group")
 
 _CLAIM = (
     f"""
@@ -93,18 +116,9 @@ _CLAIM = (
     , limited AS MATERIALIZED (
         SELECT e.*, pg_try_advisory_xact_lock(%(lock_space)s, hashtext(e.name)) AS locked
         FROM (
-            SELECT a.name,
-                   COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
-                   COALESCE({override("group_concurrency")},
-                            (code.v ->> 'group_concurrency')::int) AS group_concurrency,
-                   COALESCE(rate.rate_count, (code.v ->> 'rate_count')::int) AS rate_count,
-                   COALESCE(rate.rate_seconds, (code.v ->> 'rate_seconds')::double precision) AS rate_seconds
+            SELECT a.name, {LIMITS_IN_FORCE}
             FROM allowed a
             CROSS JOIN LATERAL (SELECT CAST(%(limits)s AS jsonb) -> a.name AS v) AS code
-            LEFT JOIN LATERAL (
-                SELECT o.rate_count, o.rate_seconds FROM limits o
-                WHERE a.name LIKE o.like_pattern AND o.rate_count IS NOT NULL ORDER BY o.set_at DESC LIMIT 1
-            ) AS rate ON true
         ) AS e
         WHERE e.concurrency IS NOT NULL OR e.group_concurrency IS NOT NULL OR e.rate_count IS NOT NULL
     )
@@ -113,9 +127,8 @@ _CLAIM = (
                CASE WHEN NOT locked THEN 0 WHEN free IS NULL THEN NULL ELSE GREATEST(free, 0) END AS room
         FROM limited l
         CROSS JOIN LATERAL (SELECT LEAST(  -- NULL when only groups are limited
-            concurrency - (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = l.name),
-            rate_count - (SELECT count(*) FROM run_starts s WHERE s.pipeline = l.name
-                          AND s.started_at > statement_timestamp() - make_interval(secs => l.rate_seconds))
+            concurrency - {running_of("l.name")},
+            rate_count - {starts_within("l.name", "l.rate_seconds", "statement_timestamp()")}
         ) AS free) AS f
     )
     , next AS (
@@ -167,16 +180,11 @@ _CLAIM = (
 # What `orbit limits` shows: each pipeline's limits in force and where each comes from (the
 # pattern of the override, or NULL for the code), read as the claim reads them.
 _EFFECTIVE_LIMITS = f"""
-    SELECT a.name,
-           COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
+    SELECT a.name, {LIMITS_IN_FORCE},
            {override("concurrency", "pattern")} AS concurrency_from,
-           COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
-           COALESCE({override("rate_count", "rate_seconds")},
-                    (code.v ->> 'rate_seconds')::double precision) AS rate_seconds,
            {override("rate_count", "pattern")} AS rate_from,
-           COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
            {override("group_concurrency", "pattern")} AS group_concurrency_from,
-           (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = a.name) AS running,
+           {running_of("a.name")} AS running,
            (SELECT count(*) FROM runs r WHERE r.status = {PENDING} AND r.pipeline = a.name
                                         AND r.run_at <= now()) AS due
     FROM unnest(CAST(%(pipelines)s AS text[])) AS a(name)

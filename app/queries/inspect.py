@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, text
 
-from app.queries.claim import override
+from app.queries.claim import LIMITS_IN_FORCE, running_of, starts_within
 from app.queries.common import (
     FINAL_OUTCOMES_SQL,
     PENDING,
@@ -67,19 +67,10 @@ _HELD_BY_LIMITS = f"""
         SELECT (SELECT w.limits -> a.name FROM workers w WHERE {_LIVE_WORKER} AND w.limits -> a.name IS NOT NULL
                 ORDER BY w.heartbeat_at DESC LIMIT 1) AS v
     ) AS code
-    CROSS JOIN LATERAL (
-        SELECT COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
-               COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
-               COALESCE({override("rate_count", "rate_seconds")},
-                        (code.v ->> 'rate_seconds')::double precision) AS rate_seconds,
-               COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int)
-                   AS group_concurrency
-    ) AS e
-    WHERE (SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = a.name) >= e.concurrency
-       OR (SELECT count(*) FROM run_starts s WHERE s.pipeline = a.name
-             AND s.started_at > now() - make_interval(secs => e.rate_seconds)) >= e.rate_count
-       OR (a.run_group IS NOT NULL AND (SELECT count(*) FROM runs r WHERE r.status = {RUNNING}
-             AND r.pipeline = a.name AND r.run_group = a.run_group) >= e.group_concurrency)
+    CROSS JOIN LATERAL (SELECT {LIMITS_IN_FORCE}) AS e
+    WHERE {running_of("a.name")} >= e.concurrency
+       OR {starts_within("a.name", "e.rate_seconds", "now()")} >= e.rate_count
+       OR (a.run_group IS NOT NULL AND {running_of("a.name", "a.run_group")} >= e.group_concurrency)
 """
 
 _HEALTH = text(f"""
