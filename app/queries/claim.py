@@ -402,11 +402,15 @@ def _send_transition(driver: psycopg.Connection[Any], worker_id: str, t: Transit
 
 # An outcome of a limited pipeline frees room another worker may be waiting for: wake the idle
 # workers, as a new run does (app.notifier), instead of leaving the slot to their next poll. The
-# notification goes out when the turn commits. Pipelines limited only by an override are left to
-# the poll.
+# notification goes out when the turn commits. A pipeline is limited by its code (%(limited)s)
+# or by an override; with neither anywhere, the statement stops at the empty limits table
+# without reading the runs.
 _WAKE_FOR_ROOM = """
     SELECT pg_notify(%(channel)s, '')
-    WHERE EXISTS (SELECT 1 FROM runs WHERE id = ANY(%(ids)s) AND pipeline = ANY(%(limited)s))
+    WHERE (cardinality(CAST(%(limited)s AS text[])) > 0 OR EXISTS (SELECT 1 FROM limits))
+      AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ANY(%(ids)s)
+                  AND (r.pipeline = ANY(%(limited)s)
+                       OR EXISTS (SELECT 1 FROM limits o WHERE r.pipeline LIKE o.like_pattern)))
 """
 
 
@@ -436,8 +440,8 @@ def exchange(
             driver.execute("BEGIN")
         written = [_send_successes(driver, worker_id, successes)] if successes else []
         written += [_send_transition(driver, worker_id, t) for t in transitions]
-        limited = [name for name, flow in (limits or {}).items() if flow]
-        if limited and (successes or transitions):
+        if successes or transitions:
+            limited = [name for name, flow in (limits or {}).items() if flow]
             ended = [s.id for s in successes] + [t.id for t in transitions]
             driver.execute(_WAKE_FOR_ROOM, {"ids": ended, "limited": limited, "channel": RUNS_CHANNEL})
         claiming = (

@@ -136,6 +136,19 @@ def test_an_outcome_of_a_limited_pipeline_wakes_the_idle_workers(engine: Engine,
     assert [n.channel for n in heard] == [RUNS_CHANNEL]
 
 
+def test_an_outcome_under_an_override_alone_wakes_the_idle_workers(engine: Engine, direct_url: str) -> None:
+    """A pipeline limited only by `orbit limit` (its code has no limits) wakes them too."""
+    add(engine, 2)
+    with engine.begin() as conn:
+        queries.set_limit(conn, "test.ec*", "test.ec%", limits(concurrency=1).as_claim(), "ops")
+    (echo,) = claim(engine, {})
+    with psycopg.connect(libpq_url(direct_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {RUNS_CHANNEL}")
+        claim(engine, {}, limit=0, done=[echo.id])
+        heard = list(listener.notifies(timeout=10, stop_after=1))
+    assert [n.channel for n in heard] == [RUNS_CHANNEL]
+
+
 def test_concurrent_claimers_never_pass_the_cap(engine: Engine) -> None:
     """Eight threads, each its own connection, claim and complete as fast as they can; after
     every turn the running count is read: it never passes the cap."""
