@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from app.durations import parse_duration
 from app.limits import LimitError, Limits, limits
+from app.sizes import parse_size
 
 if TYPE_CHECKING:
     from app.context import Context
@@ -45,6 +46,8 @@ class Pipeline:
     params: type[BaseModel] | None = None
     # Fleet-wide flow control (app.limits); overrides in the limits table win over these.
     limits: Limits = field(default_factory=Limits)
+    # A run's memory limit in bytes (None: EXECUTOR_MAX_MEMORY, if set).
+    max_memory: int | None = None
 
     def params_schema(self) -> dict[str, Any] | None:
         """The params' JSON Schema, for forms and the API; None without a model."""
@@ -66,6 +69,7 @@ def pipeline(
     concurrency: int | None = None,
     rate: str | None = None,
     group_concurrency: int | None = None,
+    max_memory: str | int | None = None,
 ) -> Callable[[PipelineFn], PipelineFn]:
     """Register ``fn(ctx, params)`` as the pipeline ``name``.
 
@@ -77,6 +81,9 @@ def pipeline(
     ``concurrency``: at most that many runs at once across the whole fleet; ``rate`` (``"100/m"``,
     also ``/s`` and ``/h``): at most that many started in any such window; ``group_concurrency``:
     at most that many running at once among the runs enqueued with the same ``group``.
+    ``max_memory`` (``"500MB"``, or bytes): a run whose executor grows past it is stopped and
+    fails with kind ``memory`` (retried like any failure); without it ``EXECUTOR_MAX_MEMORY``
+    applies, if set.
     """
     if not isinstance(name, str) or not name or len(name) > 200:
         raise RegistryError(f"pipeline name must be 1 to 200 characters: {name!r}")
@@ -92,6 +99,7 @@ def pipeline(
         flow = limits(concurrency, rate, group_concurrency)
     except LimitError as exc:
         raise RegistryError(f"pipeline {name}: {exc}") from None
+    memory = None if max_memory is None else _memory(name, max_memory)
 
     def register(fn: PipelineFn) -> PipelineFn:
         where = f"{fn.__module__}.{fn.__qualname__}"
@@ -99,7 +107,7 @@ def pipeline(
         if existing is not None and existing.where != where:
             raise RegistryError(f"pipeline {name!r} is defined twice: in {existing.where} and in {where}")
         _registry[name] = Pipeline(
-            name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill, params, flow
+            name, fn, max_attempts, limit, where, schedule, schedule_tz, backfill, params, flow, memory
         )
         return fn
 
@@ -123,6 +131,13 @@ def _timeout(name: str, timeout: float | str) -> timedelta:
     if limit <= timedelta(0):
         raise RegistryError(f"pipeline {name}: timeout must be greater than zero")
     return limit
+
+
+def _memory(name: str, max_memory: str | int) -> int:
+    try:
+        return parse_size(max_memory)
+    except ValueError as exc:
+        raise RegistryError(f"pipeline {name}: max_memory {max_memory!r}: expected {exc}") from None
 
 
 def check_schedule(name: str, schedule: str, tz: str) -> None:

@@ -20,6 +20,8 @@ from app import globs
 from app.durations import EXPECTED as DURATION_EXPECTED
 from app.durations import format_duration, parse_duration
 from app.masking import mask_url
+from app.sizes import EXPECTED as SIZE_EXPECTED
+from app.sizes import parse_size
 from app.states import FINISHED, ordered
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -30,6 +32,7 @@ def _duration_ms(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration_ms)]
+MemorySize = Annotated[int, BeforeValidator(parse_size)]
 
 # statement_timeout and tcp_user_timeout are whole milliseconds in a C int.
 MAX_STATEMENT_TIMEOUT = timedelta(milliseconds=2**31 - 1)
@@ -82,6 +85,13 @@ class Settings(BaseSettings):
     LOG_BACKUPS: int = Field(default=10, ge=0)
 
     WORKER_CONCURRENCY: int = Field(default=2, ge=1, le=1024)
+    # A run's memory limit when its pipeline sets none (500MB, 2GB; unset: none): past it, the
+    # run's executor is killed and the run fails with kind `memory`, retried like any failure.
+    EXECUTOR_MAX_MEMORY: MemorySize | None = None
+    # An executor is replaced between runs after this many runs, or once its resident size has
+    # reached this size (for pipelines that leak); unset: never.
+    EXECUTOR_RECYCLE_AFTER: int | None = Field(default=None, ge=1, le=10**9)
+    EXECUTOR_RECYCLE_MEMORY: MemorySize | None = None
     WORKER_ID: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     PIPELINE_FILTER: str = "*"
     ORBIT_PIPELINES: str = ""
@@ -215,9 +225,11 @@ def _describe(error: dict[str, Any]) -> str:
     if name in ("DATABASE_URL", "DIRECT_URL") and isinstance(value, str):
         value = mask_url(value)
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    if (
+    if name.endswith("MEMORY"):
+        message = message if message.startswith("a memory size") else SIZE_EXPECTED
+    elif (
         "duration" in message
-        or name.endswith(("INTERVAL", "TIMEOUT", "GRACE", "AFTER"))
+        or name.endswith(("INTERVAL", "TIMEOUT", "GRACE", "STALE_AFTER"))
         or (name.startswith("RETENTION") and name != "RETENTION_BATCH")
     ):
         message = message if message.startswith("a duration") else DURATION_EXPECTED

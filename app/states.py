@@ -50,6 +50,7 @@ class ErrorKind(StrEnum):
 
     ERROR = "error"
     TIMEOUT = "timeout"
+    MEMORY = "memory"
     CRASH = "crash"
     INTERRUPTED = "interrupted"
     INVALID = "invalid"

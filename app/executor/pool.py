@@ -1,33 +1,34 @@
-"""The worker's side of the executors: a pool of pre-started child processes, one run at a time
-each (and one queued behind it), over a ``multiprocessing`` Pipe; a run past its limit has its
-child's process group killed and the child replaced (see the package's docstring)."""
+"""The worker's side of the executors: a pool of executor processes forked by the fork server, each
+holding the runs handed to it (the first running, the rest queued behind it in order); a run past
+its time or memory limit has its executor's process group killed and the executor replaced (see
+the package's docstring)."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 import structlog
 
-from app.executor.child import GROUP_SIGNALS, ChildConfig, child_main
+from app.executor import wire
+from app.executor.child import ChildConfig
+from app.executor.forkserver import ForkServer, ForkServerError
+from app.executor.watchdog import Board, Kill, Watchdog, kill_group
 from app.outcomes import Failure
 from app.queries import ClaimedRun
 from app.reaper import Reaper
+from app.sizes import format_size
 from app.states import ErrorKind
-from app.time_limits import Board, Kill, TimeLimits, kill_group
-
-_MP = multiprocessing.get_context("spawn")
 
 log = structlog.get_logger("orbit.executor")
 
@@ -44,31 +45,29 @@ class Outcome:
 
 @dataclass
 class _Slot:
-    process: Any
-    conn: Connection
-    ready: bool = False  # the child has loaded its pipelines
-    runs: deque[ClaimedRun] = field(default_factory=deque)  # sent to the child; the first is running
+    index: int
+    pid: int
+    sock: socket.socket
+    reader: wire.Reader
+    ready: bool = False  # the child has set itself up
+    runs: deque[ClaimedRun] = field(default_factory=deque)  # handed over; the first is running
     started: float = 0.0  # when the first of ``runs`` started (for its duration)
-    doomed: set[tuple[int, int]] = field(default_factory=set)  # (id, attempt) of queued runs to stop
-
-    @property
-    def run(self) -> ClaimedRun | None:
-        return self.runs[0] if self.runs else None
+    doomed: set[tuple[int, int]] = field(default_factory=set)  # (id, attempt) of queued runs to drop
+    outbox: bytearray = field(default_factory=bytearray)  # what the child has not taken yet
 
 
 @dataclass
 class ExecutorPool:
-    """``size`` child processes; the worker submits runs and collects their outcomes.
+    """``size`` executor processes; the worker hands them runs and collects their outcomes.
 
-    A child may be sent a second run while it runs the first (``queue=True``): it starts it the
-    moment the first ends, without waiting for the worker to notice, which on a busy or idle
-    machine saves a wake-up of two processes per run. The queued run's time limit counts from
-    the end of the first, as the child reports it (``time.monotonic`` is one clock for every
-    process of the machine). A queued run that cannot start (its child killed or crashed while
-    running the first, or told to stop) goes to ``returned``, untouched, for the worker to take
-    back.
+    Runs are handed over in batches, up to ``depth`` per executor (``hand_over``): an executor
+    starts the next the moment the last ends, without waiting for the worker to notice, and
+    sends each outcome as its run ends. A run's time limit counts from its own start, as the
+    executor writes it on the board. Runs an executor held but had not started when it was
+    killed, crashed, retired or was told to stop go to ``returned``, untouched, for the worker to
+    take back.
 
-    ``on_kill`` is called from the time-limit thread when it stopped a run: the owner's loop
+    ``on_kill`` is called from the watchdog's thread when it stopped a run: the owner's loop
     should wake and call :meth:`expire`.
     """
 
@@ -81,117 +80,205 @@ class ExecutorPool:
     _slots: list[_Slot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._board = Board(self.size, _MP)
+        self._board = Board(self.size)
         self._lock = threading.Lock()
-        self._limits = TimeLimits(self._board, self._lock, lambda: self.on_kill())
+        self._watchdog = Watchdog(self._board, self._lock, lambda: self.on_kill())
         self._reaper = Reaper()
+        self._server = ForkServer(self.config, self._board)
 
     def start(self) -> None:
         self._reaper.start()
+        try:
+            unsafe = self._server.start()
+        except ForkServerError as exc:
+            raise ExecutorError(f"an executor process failed to start: {exc}") from None
+        if unsafe:
+            log.warning(
+                "Each executor loads the pipelines: the fork server cannot do it for them", reason=unsafe
+            )
         self._slots = [self._spawn(index) for index in range(self.size)]
-        self._limits.start()
-        # At exit multiprocessing sends its children SIGTERM, which run code may ignore, then
-        # waits for them without a limit: a worker ended by an error it did not expect could
-        # hang. Registered after multiprocessing's own handler, this one runs first.
+        self._watchdog.start()
+        # A worker ended by an error it did not expect must not leave executors behind.
         atexit.register(self.close)
 
     def _spawn(self, index: int) -> _Slot:
-        parent, child = _MP.Pipe()
-        process = _MP.Process(target=child_main, args=(child, self.config, self._board, index), daemon=True)
-        # Until child_main moves it to a group of its own, the child is in the worker's process
-        # group, which supervisord's stopasgroup and Ctrl-C signal as a whole: it starts with
-        # those signals blocked, and discards what reached it meanwhile (the worker's to handle).
-        # The resource tracker is started first: starting it unblocks them in this thread.
-        resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+        ours, theirs = socket.socketpair()
         try:
-            process.start()
+            pid = self._fork(index, theirs)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self._reaper.watch(process.pid or 0)
-        child.close()
-        return _Slot(process, parent)
+            theirs.close()
+        ours.setblocking(False)
+        self._reaper.watch(pid)
+        return _Slot(index, pid, ours, wire.Reader(ours))
+
+    def _fork(self, index: int, theirs: socket.socket) -> int:
+        try:
+            return self._server.fork(index, theirs)
+        except ForkServerError as exc:  # killed by someone: its executors died with it
+            log.error("The fork server stopped; starting another", error=str(exc))
+            self._server.close()
+            try:
+                self._server.start()
+                return self._server.fork(index, theirs)
+            except ForkServerError as again:
+                raise ExecutorError(f"an executor process failed to start: {again}") from None
+
+    # --- what the worker reads -------------------------------------------------------------
 
     @property
     def free(self) -> int:
-        """Children with nothing to do."""
+        """Executors with nothing to do."""
         return sum(1 for slot in self._slots if slot.ready and not slot.runs)
 
-    @property
-    def queueable(self) -> int:
-        """Children running one run, which could be sent the next."""
-        return sum(1 for slot in self._slots if slot.ready and len(slot.runs) == 1)
+    def room(self, depth: int) -> int:
+        """How many more runs the executors take with at most ``depth`` each."""
+        return sum(max(0, depth - len(slot.runs)) for slot in self._slots if slot.ready)
 
     @property
     def busy(self) -> list[ClaimedRun]:
-        """Every run held by a child: running, or queued behind a running one."""
+        """Every run held by an executor: running, or queued behind the running one."""
         return [run for slot in self._slots for run in slot.runs]
+
+    @property
+    def held(self) -> int:
+        """How many runs the executors hold (``len(busy)``, without building the list)."""
+        return sum(len(slot.runs) for slot in self._slots)
 
     @property
     def running(self) -> int:
         return sum(1 for slot in self._slots if slot.runs)
 
-    def submit(self, run: ClaimedRun, *, queue: bool = False) -> None:
-        """Start ``run`` in a free child or, with ``queue``, behind the run of a busy one."""
-        slot = next((s for s in self._slots if s.ready and not s.runs), None)
-        if slot is None and queue:
-            slot = min(
-                (s for s in self._slots if s.ready and len(s.runs) == 1),
-                key=lambda s: s.started,
-                default=None,
-            )
-        if slot is None:
-            raise ExecutorError("no executor can take a run")
-        slot.runs.append(run)
-        if len(slot.runs) == 1:
-            slot.started = time.monotonic()
-        slot.conn.send(run)
-        self._limits.busy.set()
+    @property
+    def pids(self) -> list[int]:
+        """The executors' pids, and the fork server's last."""
+        server = self._server.pid
+        return [slot.pid for slot in self._slots] + ([server] if server else [])
 
-    def connections(self) -> list[Connection]:
-        """The pipes worth waiting on: children running a run or still starting."""
-        return [slot.conn for slot in self._slots if slot.runs or not slot.ready]
+    def connections(self) -> list[socket.socket]:
+        """The sockets to wait on: every executor's (an idle one speaks only to say it retires)."""
+        return [slot.sock for slot in self._slots]
+
+    # --- handing runs over -----------------------------------------------------------------
+
+    def hand_over(self, runs: deque[ClaimedRun], depth: int = 1) -> list[ClaimedRun]:
+        """Hand the first of ``runs`` to the executors, the least busy first, up to ``depth`` each;
+        returns those handed over (taken from ``runs``), in order."""
+        slots = [slot for slot in self._slots if slot.ready and len(slot.runs) < depth]
+        if not slots or not runs:
+            return []
+        batches: dict[int, list[ClaimedRun]] = {}
+        handed = []
+        while runs:
+            slot = min(slots, key=lambda s: len(s.runs))
+            if len(slot.runs) >= depth:
+                break
+            run = runs.popleft()
+            if not slot.runs:
+                slot.started = time.monotonic()
+            slot.runs.append(run)
+            batches.setdefault(slot.index, []).append(run)
+            handed.append(run)
+        for index, batch in batches.items():
+            self._post(self._slots[index], ("runs", [tuple(run) for run in batch]))
+        self._watchdog.busy.set()
+        return handed
+
+    def _post(self, slot: _Slot, message: Any) -> None:
+        slot.outbox += wire.encode(message)
+        self._flush(slot)
+
+    def _flush(self, slot: _Slot) -> None:
+        """Send what the child has room for, never blocking: the rest goes when it has read
+        (a busy child reads between runs; one with nothing queued is waiting to read)."""
+        if not slot.outbox:
+            return
+        try:
+            sent = slot.sock.send(slot.outbox)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the child is gone: its end of file says so on the next read
+            return
+        del slot.outbox[:sent]
+        self._board.post(slot.index)
+
+    # --- what comes back -------------------------------------------------------------------
 
     def collect(self, ready: list[Any]) -> list[Outcome]:
-        """Read what the ready children sent: log lines are forwarded, outcomes returned."""
+        """Read what the ready executors sent: log lines are forwarded, outcomes returned."""
         outcomes: list[Outcome] = []
-        for index, slot in enumerate(self._slots):
-            if slot.conn in ready:
-                outcomes.extend(self._read(index, slot))
+        for slot in list(self._slots):
+            self._flush(slot)
+            if slot.sock in ready:
+                outcomes.extend(self._read(slot))
         return outcomes
 
-    def _read(self, index: int, slot: _Slot) -> list[Outcome]:
-        outcomes = []
+    def _read(self, slot: _Slot) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
-            while slot.conn.poll():
-                message = slot.conn.recv()
-                kind = message[0]
-                if kind == "log":
-                    if self.on_log is not None:
-                        self.on_log(message[1])
-                elif kind == "ready":
-                    slot.ready = True
-                elif not _is_first(slot, message[1], message[2]):
-                    log.warning("Outcome of a run its executor is not running, ignored",
-                                message=kind, run_id=message[1], attempt=message[2])  # fmt: skip
-                elif kind == "returned":  # told to stop before this queued run started
-                    self._give_back_first(slot)
-                else:
-                    _, _, _, result_json, failure, finished = message
-                    outcomes.append(self._finish(slot, finished, result_json=result_json, failure=failure))
-                    if self._stop_doomed(index, slot):
-                        return outcomes  # its child is gone; the slot has a new one
+            messages = slot.reader.read()
         except (EOFError, OSError):
-            outcomes.extend(self._gone(index, slot))
+            return self._gone(slot)
+        for message in messages:
+            if self._slots[slot.index] is not slot:
+                break  # the child was replaced while its messages were read: the rest is void
+            kind = message[0]
+            if kind == "log":
+                if self.on_log is not None:
+                    self.on_log(message[1])
+            elif kind == "ready":
+                slot.ready = True
+            elif kind == "done":
+                outcomes.extend(self._done(slot, *message[1:]))
+            elif kind in ("returned", "skipped", "retiring"):
+                self._taken_back(slot, message[1], dropped=kind == "skipped")
+                if kind == "retiring":
+                    log.info("Executor replaced", pid=slot.pid, reason=message[2])
+                    self._replace(slot)
         return outcomes
 
-    def _gone(self, index: int, slot: _Slot) -> list[Outcome]:
-        """The child of ``slot`` died: reap it, end its run (a timeout when the time-limit thread
-        killed it for that run, else a crash), give its queued run back, start another child."""
-        kill = self._forget(index, slot)
-        self._retire(slot)  # what its run started ends with it
-        reason = _exit_reason(slot.process)
-        self._slots[index] = self._spawn(index)
+    def _done(
+        self,
+        slot: _Slot,
+        run_id: int,
+        attempt: int,
+        result_json: str | None,
+        failure: Failure | None,
+        started: float,
+        finished: float,
+    ) -> list[Outcome]:
+        if not slot.runs or _key(slot.runs[0]) != (run_id, attempt):
+            log.warning(
+                "Outcome of a run its executor is not running, ignored", run_id=run_id, attempt=attempt
+            )
+            return []
+        run = slot.runs.popleft()
+        slot.started = finished
+        if slot.doomed and _key(run) in slot.doomed:  # no longer this worker's: nothing to report
+            slot.doomed.discard(_key(run))
+            return []
+        outcome = Outcome(run, max(0.0, finished - started), result_json, failure)
+        if slot.runs and _key(slot.runs[0]) in slot.doomed:
+            # It started before the child read that it should not: stop it now.
+            self._kill(slot, Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned"))
+        return [outcome]
+
+    def _taken_back(self, slot: _Slot, keys: list[tuple[int, int]], *, dropped: bool) -> None:
+        """Runs the child did not start (told to stop, told to skip them, or retiring): back to
+        the worker, except those no longer its own."""
+        back = {tuple(key) for key in keys}
+        for run in [run for run in slot.runs if _key(run) in back]:
+            slot.runs.remove(run)
+            if _key(run) in slot.doomed:
+                slot.doomed.discard(_key(run))
+            elif not dropped:
+                self.returned.append(run)
+
+    def _gone(self, slot: _Slot) -> list[Outcome]:
+        """The child of ``slot`` died: reap it, end its run (a timeout or a memory kill when the
+        watchdog killed it for that run, else a crash), give its queued runs back, start another."""
+        kill = self._forget(slot)
+        reason = self._retire(slot)
+        self._slots[slot.index] = self._spawn(slot.index)
         if not slot.runs:
             # A child that never started is fatal (its pipelines cannot be imported, say), but not
             # to a stopping worker: it has outcomes to write and needs no more children.
@@ -203,133 +290,134 @@ class ExecutorPool:
             # The run it was killed for had just ended and this one had started: not its fault.
             self._give_back(slot)
             return []
-        failure = _timeout(run) if kill is not None else Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
-        outcome = self._finish(slot, time.monotonic(), failure=failure)
+        if kill is not None:
+            failure = _killed(run, kill)
+        else:
+            failure = Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
+        outcome = self._finish(slot, time.monotonic(), failure)
         self._give_back(slot)
         return [outcome]
 
-    def _forget(self, index: int, slot: _Slot) -> Kill | None:
-        """Clear the slot's row before its child is reaped, so the time-limit thread never
-        signals that pid again; returns the thread's kill of that child, if it made one."""
+    def _forget(self, slot: _Slot) -> Kill | None:
+        """Clear the slot's row before its child is reaped, so the watchdog never signals that pid
+        again; returns the watchdog's kill of that child, if it made one."""
         with self._lock:
-            self._board.ended(index)
-            pid = slot.process.pid
-            kill = next((k for k in self._limits.kills if k.pid == pid), None)
-            self._limits.kills[:] = [k for k in self._limits.kills if k.pid != pid]
+            self._board.ended(slot.index)
+            kill = next((k for k in self._watchdog.kills if k.pid == slot.pid), None)
+            self._watchdog.kills[:] = [k for k in self._watchdog.kills if k.pid != slot.pid]
         return kill
 
-    def _finish(
-        self, slot: _Slot, finished: float, *, result_json: str | None = None, failure: Failure | None = None
-    ) -> Outcome:
-        """The first run of ``slot`` ended at ``finished``; the next one, if any, started then."""
+    def _finish(self, slot: _Slot, finished: float, failure: Failure) -> Outcome:
         run = slot.runs.popleft()
-        outcome = Outcome(run, max(0.0, finished - slot.started), result_json, failure)
-        slot.started = finished
-        return outcome
-
-    def _stop_doomed(self, index: int, slot: _Slot) -> bool:
-        """A queued run that was stopped while it waited has just started: stop it now. The run is
-        no longer this worker's, so its outcome is dropped."""
-        if not slot.runs or _key(slot.runs[0]) not in slot.doomed:
-            return False
-        self._kill(index, slot, Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned"))
-        return True
+        return Outcome(run, max(0.0, finished - slot.started), None, failure)
 
     def _give_back(self, slot: _Slot) -> None:
         """Runs queued in a child that is gone never started: the worker takes them back."""
-        while slot.runs:
-            self._give_back_first(slot)
-
-    def _give_back_first(self, slot: _Slot) -> None:
-        run = slot.runs.popleft()
-        if _key(run) in slot.doomed:
-            slot.doomed.remove(_key(run))
-        else:
-            self.returned.append(run)
-        slot.started = time.monotonic()
+        self._taken_back(slot, [_key(run) for run in slot.runs], dropped=False)
 
     def expire(self) -> list[Outcome]:
-        """The runs the time-limit thread stopped, each ended as a timeout (with whatever their
-        children sent before they were killed)."""
-        if not self._limits.kills:
+        """The runs the watchdog stopped, each ended as a timeout or a memory kill (with whatever
+        their executors sent before they were killed)."""
+        if not self._watchdog.kills:
             if not self.running:
-                self._limits.busy.clear()
+                self._watchdog.busy.clear()
             return []
         with self._lock:
-            pids = {kill.pid for kill in self._limits.kills}
+            pids = {kill.pid for kill in self._watchdog.kills}
         outcomes = []
-        for index, slot in enumerate(self._slots):
-            if slot.process.pid in pids:
-                outcomes.extend(self._read(index, slot))
-                if self._slots[index] is slot:  # no end of file yet: a grandchild holds the pipe
-                    outcomes.extend(self._gone(index, slot))
+        for slot in list(self._slots):
+            if slot.pid in pids:
+                with contextlib.suppress(EOFError, OSError):
+                    for message in slot.reader.read_ready():
+                        if message[0] == "done":
+                            outcomes.extend(self._done(slot, *message[1:]))
+                if self._slots[slot.index] is slot:
+                    outcomes.extend(self._gone(slot))
         with self._lock:  # and kills of children the worker had replaced already
-            self._limits.kills[:] = [kill for kill in self._limits.kills if kill.pid not in pids]
+            self._watchdog.kills[:] = [kill for kill in self._watchdog.kills if kill.pid not in pids]
         return outcomes
 
+    # --- stopping runs ---------------------------------------------------------------------
+
     def stop(self, run_id: int, failure: Failure) -> ClaimedRun | None:
-        """Stop one run at once (cancelled, or no longer ours); a queued one as soon as it starts."""
-        for index, slot in enumerate(self._slots):
+        """Stop one run at once (cancelled, or no longer ours); a queued one never starts."""
+        for slot in self._slots:
             for position, run in enumerate(slot.runs):
                 if run.id != run_id:
                     continue
                 if position == 0:
-                    self._kill(index, slot, failure)
+                    self._kill(slot, failure)
                 else:
                     slot.doomed.add(_key(run))
+                    self._post(slot, ("skip", [_key(run)]))
                 return run
         return None
 
     def stop_all(self, failure: Failure) -> list[Outcome]:
-        return [self._kill(index, slot, failure) for index, slot in enumerate(self._slots) if slot.runs]
+        return [self._kill(slot, failure) for slot in list(self._slots) if slot.runs]
 
     def ask_to_stop(self) -> None:
         """Set ``ctx.should_stop`` in every busy child (cooperative; the hard stop comes later).
 
-        A child told so returns its queued run without starting it.
+        A child told so gives back its queued runs without starting them.
         """
         self.stopping = True
         for slot in self._slots:
-            if slot.runs and slot.process.pid:
+            if slot.runs:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.process.pid, signal.SIGUSR1)
+                    os.kill(slot.pid, signal.SIGUSR1)
 
-    def _kill(self, index: int, slot: _Slot, failure: Failure) -> Outcome:
-        kill = self._forget(index, slot)
+    def _kill(self, slot: _Slot, failure: Failure) -> Outcome:
+        kill = self._forget(slot)
         if kill is not None and slot.runs and (kill.run_id, kill.attempt) == _key(slot.runs[0]):
-            failure = _timeout(slot.runs[0])  # the time limit came first
+            failure = _killed(slot.runs[0], kill)  # the limit came first
         self._retire(slot)
-        outcome = self._finish(slot, time.monotonic(), failure=failure)
+        outcome = self._finish(slot, time.monotonic(), failure)
         self._give_back(slot)
-        self._slots[index] = self._spawn(index)
+        self._slots[slot.index] = self._spawn(slot.index)
         return outcome
 
-    def _retire(self, slot: _Slot) -> None:
+    def _replace(self, slot: _Slot) -> None:
+        """A child that retired: reaped, and another in its place."""
+        self._forget(slot)
+        self._retire(slot)
+        self._give_back(slot)
+        self._slots[slot.index] = self._spawn(slot.index)
+
+    def _retire(self, slot: _Slot) -> str:
         """SIGKILL the child's process group (the child and anything its runs started, a crashed
-        child's leftovers included), reap the child, and have the reaper forget the group. The
-        group is killed before the child is reaped, so its number cannot belong to another."""
-        kill_group(slot.process.pid)
-        slot.process.join(timeout=5)
-        self._reaper.forget(slot.process.pid)
-        slot.conn.close()
+        child's leftovers included), have it reaped, and the reaper forget the group; how the
+        child ended, as a failure says it. The group is killed before the child is reaped, so its
+        number cannot belong to another."""
+        kill_group(slot.pid)
+        try:
+            reason = _exit_reason(self._server.reap(slot.pid))
+        except ForkServerError:  # the server is gone, and its children died with it
+            reason = "executor process ended with its fork server"
+        self._reaper.forget(slot.pid)
+        slot.sock.close()
+        return reason
 
     def close(self) -> None:
         atexit.unregister(self.close)
-        self._limits.stop()
+        self._watchdog.stop()
         for slot in self._slots:
             if not slot.runs:
                 with contextlib.suppress(OSError):
-                    slot.conn.send(None)
-        # Idle children exit on their own (and close their connections cleanly) first; then each
-        # group is killed, whatever a run left running in it, and the child reaped.
+                    slot.sock.setblocking(True)
+                    slot.sock.sendall(wire.encode(None))
+        # Idle children exit on their own first (end of file on their socket); then each group
+        # is killed, whatever a run left running in it, and the child reaped.
         deadline = time.monotonic() + 2
-        running = [slot.process.sentinel for slot in self._slots]
-        while running and time.monotonic() < deadline:
-            ended = wait(running, max(0.0, deadline - time.monotonic()))
-            running = [sentinel for sentinel in running if sentinel not in ended]
+        waiting = [slot.sock for slot in self._slots if not slot.runs]
+        while waiting and time.monotonic() < deadline:
+            ended = wait(waiting, max(0.0, deadline - time.monotonic()))
+            waiting = [sock for sock in waiting if not (sock in ended and _closed(sock))]
         for slot in self._slots:
             self._retire(slot)
         self._slots = []
+        self._server.close()
+        self._board.close()
         self._reaper.stop()
 
 
@@ -337,23 +425,34 @@ class ExecutorError(Exception):
     """An executor process cannot start (its pipelines fail to import, for instance)."""
 
 
-def _timeout(run: ClaimedRun) -> Failure:
+def _killed(run: ClaimedRun, kill: Kill) -> Failure:
+    if kill.memory_limit:
+        message = (
+            f"exceeded its memory limit of {format_size(kill.memory_limit)}"
+            f" (reached {format_size(kill.memory)})"
+        )
+        return Failure(ErrorKind.MEMORY, "MemoryLimit", message)
     return Failure(ErrorKind.TIMEOUT, "Timeout", f"exceeded its time limit of {run.timeout_s:g}s")
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the other end of ``sock``, ready to read, has closed it."""
+    try:
+        return not sock.recv(1 << 16)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _key(run: ClaimedRun) -> tuple[int, int]:
     return run.id, run.attempt
 
 
-def _is_first(slot: _Slot, run_id: int, attempt: int) -> bool:
-    """Whether ``run_id``/``attempt`` is the run ``slot``'s child is running (or about to start)."""
-    return bool(slot.runs) and _key(slot.runs[0]) == (run_id, attempt)
-
-
-def _exit_reason(process: Any) -> str:
-    code = process.exitcode
-    if code is None:
+def _exit_reason(status: int | None) -> str:
+    if status is None:
         return "executor process stopped answering"
+    code = os.waitstatus_to_exitcode(status)
     if code < 0:
         try:
             name = signal.Signals(-code).name

@@ -7,7 +7,7 @@ import json
 import json.encoder
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.rows
@@ -246,8 +246,10 @@ _CLAIM_PLAN = (
 )
 
 
-@dataclass(frozen=True)
-class ClaimedRun:
+class ClaimedRun(NamedTuple):
+    """A run as claimed; a tuple, so that it is made from a row, and crosses to an executor,
+    at the cost of a tuple (thousands a second pass through a worker)."""
+
     id: int
     pipeline: str
     # Decoded by the executor, not here: a row written around the API (nested too deeply, say)
@@ -292,7 +294,7 @@ def unheld_runs(conn: Connection, worker_id: str, held: Collection[int]) -> list
 
 
 def _claimed(cursor: psycopg.Cursor[Any]) -> list[ClaimedRun]:
-    return [ClaimedRun(*row) for row in cursor.fetchall()]
+    return [ClaimedRun._make(row) for row in cursor.fetchall()]
 
 
 _SUCCEED_MANY = f"""

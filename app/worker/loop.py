@@ -64,7 +64,15 @@ class Worker:
             name: (p.max_attempts, p.timeout.total_seconds() if p.timeout else timeout_default)
             for name, p in pipelines.items()
         }
-        child = ChildConfig(options.worker_id, database, tuple(s.pipeline_modules), s.LOG_LEVEL)
+        child = ChildConfig(
+            options.worker_id,
+            database,
+            tuple(s.pipeline_modules),
+            s.LOG_LEVEL,
+            max_memory=s.EXECUTOR_MAX_MEMORY or 0,
+            recycle_after=s.EXECUTOR_RECYCLE_AFTER or 0,
+            recycle_memory=s.EXECUTOR_RECYCLE_MEMORY or 0,
+        )
         self.pool = ExecutorPool(options.concurrency, child, on_log=logs.relay, on_kill=self._nudge)
         self.shutdown = Shutdown(s.SHUTDOWN_GRACE.total_seconds(), s.SHUTDOWN_WRITE_TIMEOUT.total_seconds())
         poll = s.POLL_INTERVAL.total_seconds()
@@ -151,7 +159,7 @@ class Worker:
         """First call: graceful stop within the grace. Second call: stop now."""
         if self.shutdown.request(time.monotonic()):
             self.pool.ask_to_stop()
-            self.log.info("Shutting down: no new runs", runs_in_flight=len(self.pool.busy))
+            self.log.info("Shutting down: no new runs", runs_in_flight=self.pool.held)
 
     @property
     def stopping(self) -> bool:
@@ -192,7 +200,7 @@ class Worker:
                 producer.take_up_unheld()  # to give them back with the rest
             producer.take_back()
             producer.give_back()
-            return not self.pool.busy
+            return not self.pool.held
         producer.dispatch()
         limit = producer.limit(now)
         if limit and now >= producer.next_poll:
@@ -200,13 +208,13 @@ class Worker:
         return False
 
     def _burst_done(self) -> bool:
-        idle = not (self.pool.busy or self.completer.held or self.producer.claimed)
+        idle = not (self.pool.held or self.completer.held or self.producer.claimed)
         return self.options.burst and idle
 
     def _wait(self, now: float) -> None:
         duties = (self.heartbeat.every, self.upkeep.every, self.report.every)
         timeout = min(1.0, *(every.remaining(now) for every in duties))
-        if self.pool.free and not self.stopping:
+        if not self.stopping and self.producer.limit(now):
             timeout = min(timeout, max(0.0, self.producer.next_poll - now))
         timeout = min(timeout, self.shutdown.remaining(now))
         if self.completer.held and not self.session.ready(now):
@@ -225,7 +233,7 @@ class Worker:
         """What the loop does after each wait: time limits, outcomes due, periodic duties."""
         for outcome in self.pool.expire():
             self._ended(outcome)
-        idle = self.stopping or not (self.pool.busy or self.producer.claimed)
+        idle = self.stopping or not (self.pool.held or self.producer.claimed)
         if self.completer.due(now, idle=idle):
             self.completer.flush()
         if self.heartbeat.every.ready(now):

@@ -46,11 +46,19 @@ class Producer:
         self.next_poll = 0.0
 
     def limit(self, now: float) -> int:
-        """How many runs to claim now: the free slots, plus a few ahead when runs finish quickly."""
-        free, held, ahead = self.pool.free, len(self.claimed), self.pace.ahead(now)
-        if free > held or 2 * held < ahead:
-            return max(0, free + ahead - held)
+        """How many runs to claim now: enough for every executor, plus runs ahead when runs are
+        short (claimed again once half of those are used up, so that one turn claims many)."""
+        size, ahead = self.pool.size, self.pace.ahead(now)
+        in_hand = self.pool.held + len(self.claimed)
+        if in_hand < size or (ahead and in_hand <= size + ahead // 2):
+            return size + ahead - in_hand
         return 0
+
+    def depth(self, now: float) -> int:
+        """How many runs each executor holds at most: one, or when runs are short, its share of
+        the runs claimed ahead, queued behind its running one."""
+        ahead = self.pace.ahead(now)
+        return 1 + -(-ahead // self.pool.size) if ahead else 1
 
     def claim(self, now: float, limit: int) -> int | None:
         """Write the outcomes waiting and claim up to ``limit`` runs in one turn, then start what
@@ -99,17 +107,13 @@ class Producer:
         return True
 
     def dispatch(self) -> None:
-        """Start runs claimed ahead in free executors; when runs are short, also queue one behind
-        each running run, so that its executor starts it the moment the first ends."""
+        """Hand runs claimed ahead to the executors: one each, or when runs are short, a few
+        queued behind each running run, so that its executor starts the next the moment one
+        ends."""
         self.take_back()
-        self._submit(self.pool.free, queue=False)
-        if self.claimed and self.pool.queueable and self.pace.ahead(time.monotonic()):
-            self._submit(self.pool.queueable, queue=True)
-
-    def _submit(self, slots: int, *, queue: bool) -> None:
-        for _ in range(min(slots, len(self.claimed))):
-            run = self.claimed.popleft()
-            self.pool.submit(run, queue=queue)
+        if not self.claimed:
+            return
+        for run in self.pool.hand_over(self.claimed, self.depth(time.monotonic())):
             self.log.info("Run started", **run_fields(run))
 
     def take_back(self) -> None:

@@ -1,5 +1,6 @@
-"""Executor processes still starting: a signal to the worker's whole process group is the
-worker's to handle, and a stopping worker does not die of a child that never started."""
+"""Executor processes still starting (importing pipelines the fork server could not load for them):
+a signal to the worker's whole process group is the worker's to handle, and a stopping worker does
+not die of a child that never started."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_signal_to_the_process_group_spares_an_executor_still_starting(
     worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     """supervisord's stopasgroup or Ctrl-C while a child imports its pipelines: the child lives
-    on (it left the group only once started, and the signal was the worker's)."""
+    on (it was never in the worker's group, and the signal was the worker's)."""
     gate = tmp_path / "gate"
     env = {**worker_env, "ORBIT_TEST_START_GATE": str(gate)}
     pool = subprocess.Popen(
@@ -59,7 +60,10 @@ def test_a_signal_to_the_process_group_spares_an_executor_still_starting(
     )  # fmt: skip
     try:
         assert pool.stdout is not None
-        assert pool.stdout.readline().strip() == "spawned"
+        while (line := pool.stdout.readline()) and "spawned" not in line:
+            assert "fork server cannot" in line  # the module cannot be loaded before a fork
+        assert line.strip() == "spawned"
+        wait_until(lambda: _executors(pool.pid), what="an executor to start")
         os.killpg(pool.pid, signal.SIGTERM)
         assert pool.stdout.readline().strip() == "SIGTERM"
         gate.touch()
@@ -80,7 +84,7 @@ def test_a_child_that_dies_before_it_started_ends_only_a_worker_that_is_not_stop
     pool = ExecutorPool(1, ChildConfig("pool", resolve(make_settings()), (SLOW,), "info"))
     pool.start()
     try:
-        (child,) = wait_until(lambda: _spawned_children(os.getpid()), what="the child to start")
+        (child,) = wait_until(lambda: _executors(os.getpid()), what="the child to start")
         if stopping:
             pool.ask_to_stop()
         os.kill(child, signal.SIGKILL)
@@ -96,19 +100,29 @@ def test_a_child_that_dies_before_it_started_ends_only_a_worker_that_is_not_stop
         pool.close()
 
 
-def _spawned_children(pid: int) -> list[int]:
+def _children(pid: int) -> list[int]:
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 children.append(int(entry.name))
     return children
 
 
+def _executors(pid: int) -> list[int]:
+    """The executors of the pool in process ``pid``: the children of its fork server."""
+    for child in _children(pid):
+        try:
+            if b"app.executor.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return _children(child)
+        except OSError:
+            continue
+    return []
+
+
 def _alive(pid: int) -> bool:
-    return pid in _spawned_children(os.getpid())
+    return pid in _executors(os.getpid())

@@ -167,20 +167,68 @@ def test_an_error_with_a_nul_byte_fails_its_run_and_the_worker_goes_on(
     assert fetch_run(engine, later).status == RunStatus.SUCCEEDED
 
 
-def test_an_executor_that_cannot_start_again_ends_the_worker_with_one_line(
-    engine: Engine, spawn_worker: Spawn, tmp_path: Path, worker_env: dict[str, str]
-) -> None:
-    """A pipeline module broken after start: the executor started to replace a crashed one fails
-    to import it, and the worker exits 1 at once, saying why in one line."""
-    fragile = tmp_path / "fragile_pipelines.py"
-    fragile.write_text("")
-    with engine.begin() as conn:
-        run_id = enqueue("test.break_module", {"path": str(fragile)}, connection=conn)
-    env = {
+def _fragile(tmp_path: Path, worker_env: dict[str, str], source: str) -> dict[str, str]:
+    """A pipeline module of ``source`` in ``tmp_path``, and the environment that loads it."""
+    (tmp_path / "fragile_pipelines.py").write_text(source)
+    return {
         "ORBIT_PIPELINES": f"{worker_env['ORBIT_PIPELINES']},fragile_pipelines",
         "PYTHONPATH": f"{worker_env['PYTHONPATH']}{os.pathsep}{tmp_path}",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def test_a_module_broken_over_a_running_worker_changes_nothing_until_it_restarts(
+    engine: Engine, spawn_worker: Spawn, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    """A pipeline module broken after start, then an executor crash: its replacement is forked
+    with the code the worker started with, and runs the next run."""
+    env = _fragile(tmp_path, worker_env, "")
+    with engine.begin() as conn:
+        broken = enqueue(
+            "test.break_module", {"path": str(tmp_path / "fragile_pipelines.py")}, connection=conn
+        )
+    worker = spawn_worker("--concurrency", "1", env=env)
+    try:
+        wait_until(lambda: fetch_run(engine, broken).status == RunStatus.FAILED, what="the crash")
+        with engine.begin() as conn:
+            later = enqueue("test.noop", connection=conn)
+        wait_until(lambda: fetch_run(engine, later).status == RunStatus.SUCCEEDED, what="the next run")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    assert _exit_code(worker) == 0
+
+
+def test_a_fork_server_killed_is_replaced_and_the_worker_goes_on(engine: Engine, spawn_worker: Spawn) -> None:
+    """Its executors die with it: the run that killed it fails as a crash, and the worker forks
+    the next executors from a new server."""
+    with engine.begin() as conn:
+        killer = enqueue("test.kill_fork_server", {}, connection=conn)
+    worker = spawn_worker("--concurrency", "2")
+    try:
+        wait_until(lambda: fetch_run(engine, killer).status == RunStatus.FAILED, what="the crash")
+        assert fetch_run(engine, killer).errors[0]["kind"] == "crash"
+        with engine.begin() as conn:
+            later = [enqueue("test.noop", connection=conn) for _ in range(4)]
+        wait_until(
+            lambda: all(fetch_run(engine, run).status == RunStatus.SUCCEEDED for run in later),
+            what="the runs after it",
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    assert _exit_code(worker) == 0
+
+
+def test_an_executor_that_cannot_start_again_ends_the_worker_with_one_line(
+    engine: Engine, spawn_worker: Spawn, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    """A pipeline module each executor imports itself (it opens a socket at import, so the fork
+    server does not load it), broken after start: the executor started to replace a crashed one
+    fails to import it, and the worker exits 1 at once, saying why in one line."""
+    env = _fragile(tmp_path, worker_env, "import socket\n\n_connection = socket.socket()\n")
+    with engine.begin() as conn:
+        run_id = enqueue(
+            "test.break_module", {"path": str(tmp_path / "fragile_pipelines.py")}, connection=conn
+        )
     worker = spawn_worker("--concurrency", "1", env=env)
     assert _exit_code(worker) == 1
     assert "orbit: an executor process failed to start" in stderr_of(worker).splitlines()[-1]

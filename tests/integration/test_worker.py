@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from multiprocessing.connection import wait
@@ -512,10 +513,16 @@ def test_an_outcome_sent_before_the_grace_ended_is_kept_not_released(
     worker = build(make_settings(SHUTDOWN_GRACE="0s"))
     worker.pool.start()
     try:
-        wait_until(lambda: worker.pool.collect(wait(worker.pool.connections(), 0.1)) or worker.pool.free)
+        # Every executor ready: the next message can only be the run's outcome.
+        wait_until(
+            lambda: (
+                [worker.pool.collect(wait(worker.pool.connections(), 0.1))]
+                and worker.pool.free == worker.pool.size
+            )
+        )
         with engine.begin() as conn:
             (run,) = worker.exchange(conn, [], [], limit=1)[1]
-        worker.pool.submit(run)
+        assert worker.pool.hand_over(deque([run])) == [run]
         wait_until(lambda: wait(worker.pool.connections(), 0.1), what="the outcome to be sent")
         worker.request_stop()  # the grace (0 s) is over before the loop reads the outcome
         assert worker.step(time.monotonic()) is True

@@ -111,9 +111,22 @@ def crash(ctx: Context, params: dict[str, Any]) -> None:
     os._exit(3)
 
 
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 @pipeline("test.kill_worker", max_attempts=2)
 def kill_worker(ctx: Context, params: dict[str, Any]) -> None:
+    """SIGKILLs its worker (the parent of the fork server, its executor's parent)."""
     record(ctx)
+    os.kill(_parent_of(os.getppid()), signal.SIGKILL)
+    time.sleep(60)
+
+
+@pipeline("test.kill_fork_server", max_attempts=1)
+def kill_fork_server(ctx: Context, params: dict[str, Any]) -> None:
+    """SIGKILLs the fork server its executor was forked from (and so its executor)."""
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(60)
 
@@ -342,14 +355,17 @@ def fork_helper(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 @pipeline("test.forge_outcomes", max_attempts=1)
 def forge_outcomes(ctx: Context, params: dict[str, Any]) -> str:
-    """Sends on its executor's pipe the outcomes of another run and of another attempt of this
-    one, as a second process speaking on the pipe would; only its own return may count."""
+    """Sends on its executor's socket the outcomes of another run and of another attempt of this
+    one, as a second process speaking on the socket would; only its own return may count."""
     import gc
-    from multiprocessing.connection import Connection
+    import socket
 
-    (pipe,) = [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed and o.writable]
-    pipe.send(("done", ctx.run_id + 1, ctx.attempt, '"forged"', None, time.monotonic()))
-    pipe.send(("done", ctx.run_id, ctx.attempt + 1, '"forged"', None, time.monotonic()))
+    from app.executor import wire
+
+    (sock,) = [o for o in gc.get_objects() if isinstance(o, socket.socket) and o.fileno() >= 0]
+    now = time.monotonic()
+    wire.send(sock, ("done", ctx.run_id + 1, ctx.attempt, '"forged"', None, now, now))
+    wire.send(sock, ("done", ctx.run_id, ctx.attempt + 1, '"forged"', None, now, now))
     return "its own"
 
 
@@ -415,3 +431,33 @@ def crm_sync(ctx: Context, params: dict[str, Any]) -> None:
 @pipeline("warehouse.load", concurrency=4)
 def warehouse_load(ctx: Context, params: dict[str, Any]) -> None:
     return None
+
+
+def _grow(mb: int, hold: float) -> int:
+    """Allocate ``mb`` MB in steps of 8 MB, each page written (resident, not only reserved), then
+    hold it ``hold`` seconds; returns this process's pid."""
+    chunks = []
+    for _ in range(0, mb, 8):
+        chunks.append(bytearray(8 * 2**20))
+        time.sleep(0.002)  # as real code grows: the watchdog reads the size between steps
+    time.sleep(hold)
+    del chunks
+    return os.getpid()
+
+
+@pipeline("test.hog", max_attempts=2, max_memory="160MB")
+def hog(ctx: Context, params: dict[str, Any]) -> int:
+    """Grows to ``mb`` MB (default 600) under its own limit of 160 MB."""
+    return _grow(int(params.get("mb", 600)), float(params.get("hold", 0)))
+
+
+@pipeline("test.grow", max_attempts=1)
+def grow(ctx: Context, params: dict[str, Any]) -> int:
+    """Grows to ``mb`` MB under the worker's EXECUTOR_MAX_MEMORY, if any; returns its pid."""
+    return _grow(int(params.get("mb", 100)), float(params.get("hold", 0)))
+
+
+@pipeline("test.pid")
+def pid(ctx: Context, params: dict[str, Any]) -> int:
+    """The pid of the executor that ran it."""
+    return os.getpid()

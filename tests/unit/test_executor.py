@@ -1,11 +1,16 @@
-"""The executor pool on its own, outside a worker (its runs never connect to the database): a run
-queued behind a running one, its time limit, and what happens to it when its executor is killed,
-crashes or is told to stop."""
+"""The executor pool on its own, outside a worker (its runs never connect to the database): runs
+queued behind a running one, their time limits, and what happens to them when their executor is
+killed, crashes or is told to stop."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -39,6 +44,12 @@ def pool() -> Iterator[ExecutorPool]:
     pool.close()
 
 
+def _hand(pool: ExecutorPool, *runs: ClaimedRun) -> None:
+    """Hand ``runs`` to the pool's one executor, queued in order behind the first."""
+    todo = deque(runs)
+    assert pool.hand_over(todo, depth=len(runs) + len(pool.busy)) == list(runs)
+
+
 def _drive(pool: ExecutorPool, done: Callable[[list[Outcome]], bool], timeout: float = 30.0) -> list[Outcome]:
     """Collect outcomes and enforce time limits, as the worker's loop does, until ``done``."""
     outcomes: list[Outcome] = []
@@ -58,7 +69,7 @@ def test_a_run_is_stopped_at_its_limit_while_the_owner_is_busy_elsewhere(
     pidfile = tmp_path / "grandchild"
     run = _run("test.grandchild", 0.5, pidfile=str(pidfile))
     started = time.monotonic()
-    pool.submit(run)
+    _hand(pool, run)
     wait_until(pidfile.exists, what="the run's own child to start")
     grandchild = int(pidfile.read_text())
     wait_until(lambda: not process_alive(grandchild), timeout=10, what="the run's process group to be killed")
@@ -72,9 +83,8 @@ def test_a_run_is_stopped_at_its_limit_while_the_owner_is_busy_elsewhere(
 def test_a_queued_run_starts_when_the_first_ends_and_its_limit_counts_from_then(pool: ExecutorPool) -> None:
     """Each run sleeps 0.4 s under a 0.7 s limit: counted from the hand-over, the second would fail."""
     first, second = _run("test.nap", 0.7, seconds=0.4), _run("test.nap", 0.7, seconds=0.4)
-    pool.submit(first)
-    pool.submit(second, queue=True)
-    assert pool.free == 0 and pool.queueable == 0 and pool.busy == [first, second]
+    _hand(pool, first, second)
+    assert pool.free == 0 and pool.room(2) == 0 and pool.busy == [first, second]
     outcomes = _drive(pool, lambda o: len(o) == 2)
     assert [(o.run, o.failure) for o in outcomes] == [(first, None), (second, None)]
     assert 0.35 < outcomes[1].duration < 0.7
@@ -83,8 +93,7 @@ def test_a_queued_run_starts_when_the_first_ends_and_its_limit_counts_from_then(
 def test_a_queued_run_past_its_own_limit_is_killed(pool: ExecutorPool, tmp_path: Path) -> None:
     first = _run("test.nap", seconds=0.1)
     second = _run("test.nap", 0.3, seconds=30, path=str(tmp_path / "second"))
-    pool.submit(first)
-    pool.submit(second, queue=True)
+    _hand(pool, first, second)
     outcomes = _drive(pool, lambda o: len(o) == 2)
     assert outcomes[0].failure is None
     failure = outcomes[1].failure
@@ -99,8 +108,7 @@ def test_when_the_running_run_dies_the_queued_one_comes_back_unstarted(
 ) -> None:
     head = _run("test.nap", 0.3, seconds=30) if first == "timeout" else _run("test.crash")
     queued = _run("test.nap", path=str(tmp_path / "queued"))
-    pool.submit(head)
-    pool.submit(queued, queue=True)
+    _hand(pool, head, queued)
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert outcome.run == head and outcome.failure is not None
     assert outcome.failure.kind == (ErrorKind.TIMEOUT if first == "timeout" else ErrorKind.CRASH)
@@ -113,8 +121,7 @@ def test_told_to_stop_a_child_returns_its_queued_run_without_starting_it(
 ) -> None:
     head = _run("test.nap", seconds=0.5, path=str(tmp_path / "head"))
     queued = _run("test.nap", path=str(tmp_path / "queued"))
-    pool.submit(head)
-    pool.submit(queued, queue=True)
+    _hand(pool, head, queued)
     _drive(pool, lambda o: (tmp_path / "head").exists())
     pool.ask_to_stop()
     (outcome,) = _drive(pool, lambda o: len(o) == 1 and pool.returned == [queued])
@@ -122,20 +129,19 @@ def test_told_to_stop_a_child_returns_its_queued_run_without_starting_it(
     assert pool.busy == [] and not (tmp_path / "queued").exists()
 
 
-def test_a_queued_run_stopped_while_it_waits_is_killed_as_it_starts(
-    pool: ExecutorPool, tmp_path: Path
-) -> None:
-    """No longer this worker's: it yields no outcome, and the run ahead of it is not disturbed."""
+def test_a_queued_run_stopped_while_it_waits_never_starts(pool: ExecutorPool, tmp_path: Path) -> None:
+    """No longer this worker's: it never starts, yields no outcome, and the run ahead of it is not
+    disturbed."""
     head = _run("test.nap", seconds=0.3)
     queued = _run("test.nap", seconds=30, path=str(tmp_path / "queued"))
-    pool.submit(head)
-    pool.submit(queued, queue=True)
+    _hand(pool, head, queued)
     gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
     assert pool.stop(queued.id, gone) == queued
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert outcome.run == head and outcome.failure is None
     _drive(pool, lambda o: pool.free == 1)
     assert pool.busy == [] and pool.returned == []
+    assert not (tmp_path / "queued").exists()
 
 
 @pytest.mark.parametrize(("how", "status"), [("exit", 3), ("raise", 1), ("return", 0)])
@@ -143,12 +149,12 @@ def test_a_process_the_run_forks_never_speaks_for_it(pool: ExecutorPool, how: st
     """A helper the run forks that calls sys.exit, raises or returns ends there with the status a
     program would have; the run gets its own result, and the next run its own."""
     run = _run("test.fork_helper", how=how)
-    pool.submit(run)
+    _hand(pool, run)
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert (outcome.run, outcome.failure) == (run, None)
     assert json.loads(outcome.result_json or "null") == {"from": "the run", "helper_status": status}
     after = _run("test.echo", n=1)
-    pool.submit(after)
+    _hand(pool, after)
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert (outcome.run, outcome.failure) == (after, None)
     assert json.loads(outcome.result_json or "null") == {"n": 1}
@@ -158,8 +164,118 @@ def test_an_outcome_naming_another_run_or_attempt_is_ignored(pool: ExecutorPool)
     """Outcomes name their run and attempt: one for another run, or for another attempt of the
     running one, never ends the running run."""
     run = _run("test.forge_outcomes")
-    pool.submit(run)
+    _hand(pool, run)
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert (outcome.run, outcome.failure, outcome.result_json) == (run, None, '"its own"')
     _drive(pool, lambda o: pool.free == 1)
     assert pool.busy == [] and pool.returned == []
+
+
+def _pool(**config: Any) -> ExecutorPool:
+    pool = ExecutorPool(
+        config.pop("size", 1), ChildConfig("test", UNUSED_DATABASE, (TEST_PIPELINES,), "info", **config)
+    )
+    pool.start()
+    _drive(pool, lambda outcomes: pool.free == pool.size)
+    return pool
+
+
+def test_a_run_past_its_memory_limit_fails_and_its_neighbour_runs_on() -> None:
+    """Its executor's group is killed, the failure says the limit and the size reached; the run
+    in the other executor finishes, in the same process."""
+    pool = _pool(size=2)
+    try:
+        hog, nap = _run("test.hog"), _run("test.pid", 30.0)
+        neighbour = _run("test.nap", seconds=1.0)
+        todo = deque([hog, neighbour])
+        pool.hand_over(todo, depth=1)
+        outcomes = _drive(pool, lambda o: len(o) == 2)
+        by_run = {o.run: o for o in outcomes}
+        failure = by_run[hog].failure
+        assert failure is not None and failure.kind == ErrorKind.MEMORY
+        assert failure.type == "MemoryLimit"
+        match = re.fullmatch(r"exceeded its memory limit of 160 MB \(reached (\d+) MB\)", failure.message)
+        assert match and 160 <= int(match.group(1)) < 600, failure.message
+        assert by_run[neighbour].failure is None
+        _drive(pool, lambda o: pool.free == 2)
+        _hand(pool, nap)
+        (after,) = _drive(pool, lambda o: len(o) == 1)
+        assert after.failure is None
+    finally:
+        pool.close()
+
+
+def test_the_workers_memory_limit_applies_to_pipelines_without_their_own() -> None:
+    pool = _pool(max_memory=120 * 2**20)
+    try:
+        big, small = _run("test.grow", mb=400), _run("test.grow", mb=8)
+        _hand(pool, big)
+        (outcome,) = _drive(pool, lambda o: len(o) == 1)
+        assert outcome.failure is not None and outcome.failure.kind == ErrorKind.MEMORY
+        assert "memory limit of 120 MB" in outcome.failure.message
+        _drive(pool, lambda o: pool.free == 1)  # its replacement
+        _hand(pool, small)
+        (outcome,) = _drive(pool, lambda o: len(o) == 1)
+        assert outcome.failure is None
+    finally:
+        pool.close()
+
+
+def test_an_executor_is_replaced_after_its_share_of_runs_and_gives_back_the_rest() -> None:
+    """EXECUTOR_RECYCLE_AFTER=2: the third run queued behind two comes back unstarted, and runs
+    in a new executor."""
+    pool = _pool(recycle_after=2)
+    try:
+        runs = [_run("test.pid") for _ in range(3)]
+        _hand(pool, *runs)
+        outcomes = _drive(pool, lambda o: len(o) == 2 and pool.returned == [runs[2]])
+        first = {json.loads(o.result_json or "0") for o in outcomes}
+        pool.returned.clear()
+        _drive(pool, lambda o: pool.free == 1)
+        _hand(pool, runs[2])
+        (last,) = _drive(pool, lambda o: len(o) == 1)
+        assert len(first) == 1 and json.loads(last.result_json or "0") not in first
+    finally:
+        pool.close()
+
+
+def test_an_executor_that_grew_past_the_high_water_mark_is_replaced_between_runs() -> None:
+    pool = _pool(recycle_memory=150 * 2**20)
+    try:
+        grew, small = _run("test.grow", mb=200), _run("test.pid")
+        _hand(pool, grew)
+        (outcome,) = _drive(pool, lambda o: len(o) == 1)
+        assert outcome.failure is None
+        grown = json.loads(outcome.result_json or "0")
+        _drive(pool, lambda o: pool.pids[0] != grown and pool.free == 1)  # replaced, not only idle
+        _hand(pool, small)
+        (after,) = _drive(pool, lambda o: len(o) == 1)
+        assert json.loads(after.result_json or "0") not in (grown, 0)
+    finally:
+        pool.close()
+
+
+def test_executors_share_no_thread_connection_or_lock_with_their_worker() -> None:
+    """Started while this process holds a thread and an open connection, the fork server and its
+    executors have one thread each and none of this process's sockets."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connection = socket.create_connection(listener.getsockname())
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    pool = _pool(size=2)
+    try:
+        ours = {_inode(sock) for sock in (listener, connection)}
+        for pid in pool.pids:
+            assert len(os.listdir(f"/proc/{pid}/task")) == 1, pid
+            theirs = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert not ours & theirs, pid
+    finally:
+        pool.close()
+        stop.set()
+        connection.close()
+        listener.close()
+
+
+def _inode(sock: socket.socket) -> str:
+    return f"socket:[{os.fstat(sock.fileno()).st_ino}]"

@@ -28,6 +28,10 @@ def _noop(ctx: Any, params: dict[str, Any]) -> None:
         ({"timeout": float("nan")}, "timeout nan: expected a duration"),
         ({"timeout": "soon"}, "timeout 'soon': expected a duration"),
         ({"timeout": 0}, "timeout must be greater than zero"),
+        ({"max_memory": "fast"}, "max_memory 'fast': expected a memory size"),
+        ({"max_memory": 0}, "max_memory 0: expected a memory size"),
+        ({"max_memory": "-1GB"}, "max_memory '-1GB': expected a memory size"),
+        ({"max_memory": "2048TB"}, "max_memory '2048TB': expected a memory size of at most 1 PB"),
     ],
 )
 def test_absurd_options_are_refused_at_import(options: dict[str, Any], message: str) -> None:
@@ -35,7 +39,8 @@ def test_absurd_options_are_refused_at_import(options: dict[str, Any], message: 
     with pytest.raises(RegistryError) as error:
         pipeline("test.absurd", **options)(_noop)
     assert str(error.value) == f"pipeline test.absurd: {message}" or (
-        "duration" in message and str(error.value).startswith(f"pipeline test.absurd: {message}")
+        ("duration" in message or "memory size" in message)
+        and str(error.value).startswith(f"pipeline test.absurd: {message}")
     )
     assert "\n" not in str(error.value)
     assert "test.absurd" not in registry.all_pipelines()
@@ -56,3 +61,9 @@ def test_the_bounds_themselves_are_accepted(forget: list[str]) -> None:
     pipeline("test.bounds", max_attempts=1000, timeout="36525d")(_noop)
     registered = registry.get("test.bounds")
     assert (registered.max_attempts, registered.timeout) == (1000, timedelta(days=36_525))
+
+
+def test_a_memory_limit_is_kept_in_bytes(forget: list[str]) -> None:
+    forget.append("test.memory")
+    pipeline("test.memory", max_memory="1.5GB")(_noop)
+    assert registry.get("test.memory").max_memory == 3 * 2**29

@@ -40,6 +40,11 @@ def test_defaults_follow_the_worker_guide() -> None:
         ("WORKER_CONCURRENCY", "many", "integer"),
         ("LOG_LEVEL", "loud", "one of debug"),
         ("DATABASE_URL", "mysql://x", "postgresql://"),
+        ("EXECUTOR_MAX_MEMORY", "lots", "a memory size"),
+        ("EXECUTOR_MAX_MEMORY", "0", "a memory size"),
+        ("EXECUTOR_RECYCLE_MEMORY", "-1MB", "a memory size"),
+        ("EXECUTOR_RECYCLE_AFTER", "0", "greater than or equal to 1"),
+        ("EXECUTOR_RECYCLE_AFTER", "often", "integer"),
     ],
 )
 def test_bad_values_name_the_variable_value_and_expectation(name: str, value: str, expected: str) -> None:
@@ -186,3 +191,18 @@ def test_a_bad_database_url_is_refused_without_its_password(url: str) -> None:
         load_settings(DATABASE_URL=url)
     assert "s3cret" not in str(error.value)
     assert "DATABASE_URL=" in str(error.value)
+
+
+def test_executor_limits_are_off_unless_set() -> None:
+    """No memory limit and no recycling by default; sizes are read with their unit."""
+    settings = load_settings()
+    assert (
+        settings.EXECUTOR_MAX_MEMORY,
+        settings.EXECUTOR_RECYCLE_AFTER,
+        settings.EXECUTOR_RECYCLE_MEMORY,
+    ) == (
+        None,
+        None,
+        None,
+    )
+    assert load_settings(EXECUTOR_MAX_MEMORY="500MB").EXECUTOR_MAX_MEMORY == 500 * 2**20
