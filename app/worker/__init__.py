@@ -3,6 +3,7 @@
 ``loop``       the loop and the wiring of the parts below (``Worker``)
 ``producer``   how many runs to claim, the claim, dispatch to executors, runs claimed ahead
 ``completer``  what happens when a run ends: outcomes recorded, written once, held, saved
+``runlog``     the two lines logged about every run
 ``session``    the kept connection, each call's deadline, the backoff after a failed call
 ``duties``     the heartbeat, upkeep (rescue, retention, schedules) and the metrics report
 ``shutdown``   what a stop request does, and its deadlines

@@ -28,6 +28,7 @@ from app.queries import ClaimedRun, Success, Transition
 from app.states import RunStatus
 from app.stats import WorkerStats
 from app.worker.exchange import Exchange, run_fields
+from app.worker.runlog import RunLog
 from app.worker.session import Session
 
 
@@ -43,6 +44,7 @@ class Completer:
     ) -> None:
         self.session, self.exchange, self.backoff = session, exchange, backoff
         self.stats, self.metrics, self.log = stats, metrics, log
+        self.runlog = RunLog(log, exchange.worker_id)
         self.successes: list[Success] = []
         self.transitions: list[Transition] = []
         self.held: dict[int, ClaimedRun] = {}  # by run id: its outcome is not in the database yet
@@ -58,14 +60,15 @@ class Completer:
 
     def record(self, outcome: Outcome) -> None:
         """A run ended in its executor: keep its outcome for the next write, log and count it."""
-        run, fields = outcome.run, run_fields(outcome.run)
+        run = outcome.run
         self.policy.added(time.monotonic())
         if outcome.failure is None:
             self.successes.append(Success(run.id, run.attempt, outcome.result_json or "null"))
             self.stats.record(success=True, duration=outcome.duration)
             self.metrics.attempt_ended(run.pipeline, RunStatus.SUCCEEDED, outcome.duration)
-            self.log.info("Run succeeded", duration_ms=round(outcome.duration * 1000), **fields)
+            self.runlog.succeeded(run, round(outcome.duration * 1000))
         else:
+            fields = run_fields(run)
             transition = transition_for(run, outcome.failure, self.backoff)
             self.transitions.append(transition)
             if outcome.failure.snooze is None:

@@ -138,6 +138,7 @@ class Worker:
                 self.after_wait(time.monotonic())
         finally:
             notifier.stop()
+            logs.run_lines.flush()
             self._finish()
             self.observability.stop()
             restore_signals()
@@ -220,6 +221,7 @@ class Worker:
         if self.completer.held and not self.session.ready(now):
             timeout = min(timeout, self.session.retry_at - now)  # outcomes wait for the database
         timeout = min(timeout, self.completer.remaining(now))
+        logs.run_lines.flush()
         ready = wait([*self.pool.connections(), self._wake_r], timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):

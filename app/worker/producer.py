@@ -21,6 +21,7 @@ from app.metrics import WorkerMetrics
 from app.queries import ClaimedRun
 from app.worker.completer import Completer
 from app.worker.exchange import Exchange, run_fields
+from app.worker.runlog import RunLog
 from app.worker.session import Session
 
 
@@ -39,6 +40,7 @@ class Producer:
     ) -> None:
         self.session, self.pool, self.completer, self.exchange = session, pool, completer, exchange
         self.metrics, self.log = metrics, log
+        self.runlog = RunLog(log, exchange.worker_id)
         self.poll_interval, self.burst = poll_interval, burst
         self.claimed: deque[ClaimedRun] = deque()  # claimed ahead, not started yet
         self.pace = Pace(pool.size)
@@ -114,7 +116,7 @@ class Producer:
         if not self.claimed:
             return
         for run in self.pool.hand_over(self.claimed, self.depth(time.monotonic())):
-            self.log.info("Run started", **run_fields(run))
+            self.runlog.started(run)
 
     def take_back(self) -> None:
         """Runs an executor returned unstarted (it was killed, crashed or told to stop) go first."""
