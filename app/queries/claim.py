@@ -240,9 +240,14 @@ def _claim_params(
 # for a 0.2 ms claim on Debian's PostgreSQL 15, whose JIT is on), as any other knob would. The
 # JIT is switched off for the claim besides: a claim of many runs over many pipelines can be
 # estimated near jit_above_cost on honest costs, and compiling never pays for a query of 1 ms.
-_CLAIM_PLAN = (
+# These settings are made first in the turn, and its statements keep a generic plan: psycopg
+# prepares a statement after five executions, and PostgreSQL would otherwise plan the claim
+# again at every execution, its generic plan being estimated dearer than the custom ones (0.5 ms
+# of planning a turn, 16 µs a run in a drain). Through PgBouncer nothing is prepared, and each
+# statement is planned as it comes.
+_TURN_PLAN = (
     "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
-    " set_config('jit', 'off', true)"
+    " set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)"
 )
 
 
@@ -270,7 +275,6 @@ def _send_claim(
     limits: Mapping[str, Limits],
 ) -> psycopg.Cursor[Any]:
     params = _claim_params(worker_id, limit, defaults, version, limits)
-    driver.execute(_CLAIM_PLAN)
     driver.execute(_LOCK_LIMITED, params)
     return driver.execute(_CLAIM, params)
 
@@ -297,11 +301,13 @@ def _claimed(cursor: psycopg.Cursor[Any]) -> list[ClaimedRun]:
     return [ClaimedRun._make(row) for row in cursor.fetchall()]
 
 
+# The outcomes come as one JSON array of [id, attempt, result] (results are JSON already): one
+# parameter to send, where three arrays cost the worker more to encode than the update itself.
 _SUCCEED_MANY = f"""
     UPDATE runs r
     SET status = {SUCCEEDED}, result = v.result, finished_at = now(), error = NULL
-    FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(attempts)s AS int[]), CAST(%(results)s AS jsonb[]))
-         AS v(id, attempt, result)
+    FROM (SELECT (e ->> 0)::bigint AS id, (e ->> 1)::int AS attempt, e -> 2 AS result
+          FROM jsonb_array_elements(CAST(%(outcomes)s AS jsonb)) AS e) AS v
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {RUNNING} AND r.worker_id = %(worker_id)s
     RETURNING r.id
 """
@@ -362,13 +368,8 @@ def landed(
 def _send_successes(
     driver: psycopg.Connection[Any], worker_id: str, outcomes: Sequence[Success]
 ) -> psycopg.Cursor[Any]:
-    params = {
-        "ids": [o.id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "results": [o.result_json for o in outcomes],
-        "worker_id": worker_id,
-    }
-    return driver.execute(_SUCCEED_MANY, params)
+    encoded = ",".join([f"[{o.id},{o.attempt},{o.result_json}]" for o in outcomes])
+    return driver.execute(_SUCCEED_MANY, {"outcomes": f"[{encoded}]", "worker_id": worker_id})
 
 
 def _ids(cursor: psycopg.Cursor[Any]) -> set[int]:
@@ -440,6 +441,7 @@ def exchange(
         own = driver.autocommit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         if own:
             driver.execute("BEGIN")
+        driver.execute(_TURN_PLAN)
         written = [_send_successes(driver, worker_id, successes)] if successes else []
         written += [_send_transition(driver, worker_id, t) for t in transitions]
         if successes or transitions:

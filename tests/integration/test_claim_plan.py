@@ -152,7 +152,13 @@ def _hot_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
     return {
         "enqueue": (runs_sql._INSERT_RUN, insert),
         "enqueue, key held": (runs_sql._LIVE_RUN_BY_KEY, {"key": "k"}),
-        "successes": (claim_sql._SUCCEED_MANY, {**fenced, "results": ["null"] * len(ids)}),
+        "successes": (
+            claim_sql._SUCCEED_MANY,
+            {
+                "outcomes": json.dumps([[i, a, None] for i, a in zip(ids, attempts, strict=True)]),
+                "worker_id": "w",
+            },
+        ),
         "failure": (claim_sql._FAIL, fail),
         "heartbeat": (_psycopg(fleet_sql._RUNS_HEARTBEAT.text), fenced),
     }

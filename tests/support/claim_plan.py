@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from sqlalchemy import Connection
 
 from app.limits import Limits
-from app.queries.claim import _CLAIM, _CLAIM_PLAN, _claim_params
+from app.queries.claim import _CLAIM, _TURN_PLAN, _claim_params
 from app.queries.common import on_driver
 
 
@@ -22,7 +22,7 @@ def explain_claim(
     with its planner settings, rolled back: what it touches."""
     params = _claim_params("explain", limit, defaults, "explain", limits or {})
     with conn.begin_nested() as savepoint, on_driver(conn) as driver:
-        driver.execute(_CLAIM_PLAN)
+        driver.execute(_TURN_PLAN)
         plan = [str(row[0]) for row in driver.execute(f"EXPLAIN (ANALYZE, BUFFERS) {_CLAIM}", params)]
         savepoint.rollback()
     return plan
