@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import states
+from app.memory import Snapshot
 from app.queries import ClaimedRun, QueueDepth
 
 T = TypeVar("T")
@@ -180,3 +181,27 @@ class QueueCollector:
             oldest.add_metric([pipeline], age)
         yield depth
         yield oldest
+
+
+class MemoryCollector:
+    """``orbit_process_memory_bytes``: what each of the worker's processes used at its last
+    heartbeat (app.memory), by process (``worker``, ``forkserver``, ``executor-N``) and kind
+    (``rss``, ``pss``)."""
+
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("orbit_process_memory_bytes", "", labels=["process", "kind"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "orbit_process_memory_bytes",
+            "Memory of this worker's processes at its last heartbeat: resident (rss) and"
+            " proportional (pss, shared pages divided among the processes sharing them)",
+            labels=["process", "kind"],
+        )
+        for name, usage in self._read().processes():
+            family.add_metric([name, "rss"], usage.rss)
+            family.add_metric([name, "pss"], usage.pss)
+        yield family

@@ -145,4 +145,10 @@ BEGIN
         GRANT DELETE ON run_starts TO orbit_worker;  -- the rescuer forgets starts older than a day
         GRANT SELECT, INSERT, UPDATE, DELETE ON limits TO orbit_operator;  -- orbit limit
     END IF;
+
+    -- Executors (migration 0009): what a worker's processes use, written with its heartbeat.
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'public.workers'::regclass
+               AND attname = 'memory' AND NOT attisdropped) THEN
+        GRANT UPDATE (memory) ON workers TO orbit_worker;
+    END IF;
 END $$;

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from app import health, queries
+from app import health, memory, queries
 from app.cli.common import (
     Command,
     Failed,
@@ -32,7 +32,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
         for record in records:
             record["state"] = "stopped" if record["stopped_at"] else "running"
             record["heartbeat_age"] = f"{record['heartbeat_age_s']:.1f}s"
-        print_table(records, ["id", "state", "concurrency", "running", "heartbeat_age", "version"])
+            record["memory"] = memory.summary(record["memory"])
+        print_table(records, ["id", "state", "concurrency", "running", "heartbeat_age", "memory", "version"])
     return 0
 
 

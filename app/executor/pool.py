@@ -152,7 +152,15 @@ class ExecutorPool:
     def pids(self) -> list[int]:
         """The executors' pids, and the fork server's last."""
         server = self._server.pid
-        return [slot.pid for slot in self._slots] + ([server] if server else [])
+        return self.executor_pids + ([server] if server else [])
+
+    @property
+    def executor_pids(self) -> list[int]:
+        return [slot.pid for slot in self._slots]
+
+    @property
+    def server_pid(self) -> int | None:
+        return self._server.pid
 
     def connections(self) -> list[socket.socket]:
         """The sockets to wait on: every executor's (an idle one speaks only to say it retires)."""

@@ -45,7 +45,12 @@ _REGISTERED_WORKER = text("""
     FROM workers WHERE id = :id
 """)
 
-_WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
+# A worker's own heartbeat also says what its processes use (app.memory); a run's (ctx.heartbeat)
+# leaves that as it was.
+_WORKER_HEARTBEAT = text("""
+    UPDATE workers SET heartbeat_at = now(), memory = COALESCE(CAST(:memory AS jsonb), memory)
+    WHERE id = :worker_id
+""")
 
 _RUNS_HEARTBEAT = text(f"""
     UPDATE runs r SET heartbeat_at = now()
@@ -79,9 +84,10 @@ def registered_worker(conn: Connection, worker_id: str) -> Row[Any] | None:
     return conn.execute(_REGISTERED_WORKER, {"id": worker_id}).first()
 
 
-def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
-    """Beat for the worker and every run it holds (one statement); returns the runs still ours."""
-    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id})
+def heartbeat(conn: Connection, worker_id: str, held: dict[int, int], memory: str | None = None) -> set[int]:
+    """Beat for the worker (with ``memory``, app.memory's JSON, when given) and every run it holds
+    (one statement); returns the runs still ours."""
+    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id, "memory": memory})
     if not held:
         return set()
     rows = conn.execute(

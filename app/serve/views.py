@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import HTTPException
 from sqlalchemy import Connection
 
-from app import globs, operations, queries, registry, schedules
+from app import globs, memory, operations, queries, registry, schedules
 from app.durations import format_duration
 from app.queries import RunFilter
 from app.settings import Settings
@@ -112,6 +112,7 @@ def workers(conn: Connection) -> list[dict[str, Any]]:
     for row in queries.list_workers(conn):
         worker = record(row)
         worker["state"] = "stopped" if row.stopped_at else "running"
+        worker["memory_summary"] = memory.summary(row.memory)
         worker["runs"] = running.get(row.id, [])
         result.append(worker)
     return result

@@ -4,12 +4,14 @@ the loop calls it when ``every.ready(now)``."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from app import queries
 from app.executor import ExecutorPool
+from app.memory import Snapshot
 from app.metrics import WorkerMetrics
 from app.outcomes import Failure
 from app.recovery import Rescuer, prune_in_batches
@@ -52,6 +54,7 @@ class Heartbeat:
         self.every = Every(interval)
         self.session, self.pool, self.producer, self.completer = session, pool, producer, completer
         self.last = time.monotonic()  # when a heartbeat was last written
+        self.memory = Snapshot()  # what the worker's processes used at the last beat
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last
@@ -62,7 +65,11 @@ class Heartbeat:
         runs = [*self.pool.busy, *self.producer.claimed, *self.completer.held.values()]
         held = {run.id: run.attempt for run in runs}
         worker_id = self.producer.exchange.worker_id
-        still_ours = self.session.call(lambda conn: queries.heartbeat(conn, worker_id, held), atomic=False)
+        self.memory = Snapshot.of(os.getpid(), self.pool.executor_pids, self.pool.server_pid)
+        memory = self.memory.as_json()
+        still_ours = self.session.call(
+            lambda conn: queries.heartbeat(conn, worker_id, held, memory), atomic=False
+        )
         if still_ours is None:
             return
         self.last = time.monotonic()
@@ -106,11 +113,13 @@ class Upkeep:
 
 class Report:
     """The "Worker Metrics Report" log line, every METRICS_INTERVAL (the first one interval after
-    start)."""
+    start), with what the worker's processes used at the last heartbeat."""
 
-    def __init__(self, interval: float, stats: WorkerStats, log: Any) -> None:
+    def __init__(self, interval: float, stats: WorkerStats, heartbeat: Heartbeat, log: Any) -> None:
         self.every = Every(interval, time.monotonic() + interval)
-        self.stats, self.log = stats, log
+        self.stats, self.heartbeat, self.log = stats, heartbeat, log
 
     def run_once(self, now: float) -> None:
-        self.log.info("Worker Metrics Report", **self.stats.report(now))
+        self.log.info(
+            "Worker Metrics Report", **self.stats.report(now), memory=self.heartbeat.memory.describe()
+        )

@@ -112,7 +112,7 @@ class Worker:
         self.upkeep = Upkeep(
             s.RECOVERY_INTERVAL.total_seconds(), self.session, rescuer, scheduler, self.metrics
         )
-        self.report = Report(s.METRICS_INTERVAL.total_seconds(), self.stats, self.log)
+        self.report = Report(s.METRICS_INTERVAL.total_seconds(), self.stats, self.heartbeat, self.log)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from app import health, queries
 from app.executor import ExecutorPool
 from app.http_server import HttpServer
-from app.metrics import QueueCollector, Throttle, WorkerMetrics
+from app.metrics import MemoryCollector, QueueCollector, Throttle, WorkerMetrics
 from app.settings import Settings
 from app.stats import WorkerStats
 from app.worker.duties import Heartbeat
@@ -31,6 +31,7 @@ class Observability:
         every = settings.QUEUE_METRICS_INTERVAL.total_seconds()
         metrics.watch(heartbeat.silent_for, lambda: pool.running)
         metrics.registry.register(QueueCollector(self._queue_depth, every, pipelines))
+        metrics.registry.register(MemoryCollector(lambda: heartbeat.memory))
         self._fleet_health = Throttle(lambda: health.check(engine, settings), every)
         self.http: HttpServer | None = None
         if settings.metrics_port:

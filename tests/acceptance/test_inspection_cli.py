@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
 
 from tests.support.runs import finished_run, pending_run, running_run, worker_row
+from tests.support.waiting import wait_until
 
 
 def test_orbit_runs_filters_by_status_and_pipeline(engine: Engine, orbit: Callable[..., Any]) -> None:
@@ -42,3 +46,26 @@ def test_orbit_workers_lists_heartbeats_and_running_runs(engine: Engine, orbit: 
     assert lines[0].split()[:2] == ["ID", "STATE"]
     states = {line.split()[0]: line.split()[1] for line in lines[1:]}
     assert states == {"w-live": "running", "w-gone": "stopped"}
+
+
+def test_orbit_workers_shows_what_each_workers_processes_use(
+    engine: Engine, orbit: Callable[..., Any], spawn_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """The worker, its fork server and each executor, written with its heartbeat: their sizes in
+    --json, all of them together and the executors' in the table."""
+    worker = spawn_worker("--concurrency", "2")
+    try:
+        (record,) = wait_until(
+            lambda: [r for r in json.loads(orbit("workers", "--json").stdout) if r["memory"]],
+            what="a heartbeat with the memory",
+        )
+        memory = record["memory"]
+        assert {"worker", "forkserver", "executor-0", "executor-1"} <= set(memory)
+        processes = [value for name, value in memory.items() if name != "total_pss"]
+        assert all(value["rss"] >= value["pss"] > 0 for value in processes)
+        assert memory["total_pss"] == sum(value["pss"] for value in processes)
+        (line,) = orbit("workers").stdout.splitlines()[1:]
+        assert re.search(r"\d+ MB \(executors \d", line), line
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0

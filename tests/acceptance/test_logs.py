@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_the_worker_logs_the_report_with_the_guide_fields(
     fields = ["uptime", "totalRuns", "succeeded", "failed", "errorRate", "successRate", "runsPerHour"]
     fields += ["avgDuration", "minDuration", "maxDuration"]
     assert all(set(fields) <= set(report) for report in reports)
+    assert all(
+        re.fullmatch(r"\S+ MB \(worker .*, fork server .*, executors .*\)", r["memory"]) for r in reports
+    )
     (final,) = [line for line in lines if line["event"] == "Worker stopped"]
     assert (final["totalRuns"], final["succeeded"], final["failed"]) == (5, 3, 2)
     assert (final["errorRate"], final["successRate"]) == ("40.00%", "60.00%")

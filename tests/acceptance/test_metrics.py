@@ -66,6 +66,18 @@ def test_scraped_metrics_match_what_the_worker_ran(
     assert value("orbit_queue_depth", pipeline="test.noop", status="pending") == 0
     assert value("orbit_oldest_pending_run_age_seconds", pipeline="test.echo") > 0
     assert 0 <= value("orbit_worker_heartbeat_age_seconds") < 30
+    memory = {
+        dict(labels)["process"]: v
+        for (name, labels), v in values.items()
+        if name == "orbit_process_memory_bytes"
+    }
+    assert {"worker", "forkserver", "executor-0", "executor-1"} == set(memory)
+    assert all(
+        value("orbit_process_memory_bytes", process=p, kind="rss")
+        >= value("orbit_process_memory_bytes", process=p, kind="pss")
+        > 0
+        for p in memory
+    )
 
 
 def test_health_endpoint_turns_warning_when_a_run_is_stuck(

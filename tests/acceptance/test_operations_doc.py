@@ -173,7 +173,7 @@ def release_db(server: TestServer) -> Iterator[Scratch]:
 
 
 def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0008)."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0009)."""
     env = {**worker_env, **release_db.env()}
     migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
@@ -190,8 +190,8 @@ def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str,
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
-        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0007_access",)]
-        assert not {"limits", "run_starts"} & tables
-        assert "run_group" not in {column["name"] for column in inspect(engine).get_columns("runs")}
+        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0008_flow_control",)]
+        assert {"limits", "run_starts"} <= tables
+        assert "memory" not in {column["name"] for column in inspect(engine).get_columns("workers")}
     finally:
         engine.dispose()
