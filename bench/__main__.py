@@ -36,7 +36,7 @@ from app.limits import Limits, limits
 from app.queries.common import RUNS_CHANNEL
 from app.settings import load_settings_or_exit
 from app.testing import scratch_database
-from bench import cpu, executor, http, plain
+from bench import cpu, executor, http, memory, plain
 from tests.support.claim_plan import explain_claim
 
 NOOP = {"bench.noop": (3, 60.0)}
@@ -69,6 +69,7 @@ QUICK = Size(
     api_batches=2,
 )
 EXECUTOR_RUNS = 20_000
+STORM_RUNS = 40
 API_BATCH = 1_000
 
 
@@ -212,6 +213,42 @@ class Bench:
             self.finish(procs, "bench.plain")
 
         return cpu.measured(sampler, self.size.jobs, release, lambda: None)
+
+    def memory(self, concurrency: int) -> memory.Memory:
+        """An idle worker's processes after 20 runs (bench/memory.py)."""
+        self.reset()
+        (worker,) = self.spawn(["-m", "app.worker", "--concurrency", str(concurrency)], 1)
+        try:
+            _wait(lambda: self._count("SELECT count(*) FROM workers") == 1, "the worker to register")
+            self.fill(20)
+            _wait(lambda: self._succeeded() == 20, "20 runs", every=0.02)
+            return memory.worker_memory(worker.pid)
+        finally:
+            worker.terminate()
+            self.finish([worker], "a worker")
+
+    def storm(self, concurrency: int, runs: int = STORM_RUNS) -> float:
+        """Seconds from the first start to the last end of ``runs`` runs that all pass their
+        0.2 s limit, through one worker (bench/memory.py)."""
+        self.reset()
+        (worker,) = self.spawn(["-m", "app.worker", "--concurrency", str(concurrency)], 1)
+        try:
+            _wait(lambda: self._count("SELECT count(*) FROM workers") == 1, "the worker to register")
+            self.fill(runs, "bench.hang")
+            _wait(
+                lambda: self._count("SELECT count(*) FROM runs WHERE status = 'timed_out'") == runs,
+                "the storm",
+                every=0.05,
+            )
+        finally:
+            worker.terminate()
+            self.finish([worker], "a worker")
+        with self.engine.connect() as conn:
+            return float(
+                conn.execute(
+                    text("SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at)) FROM runs")
+                ).scalar_one()
+            )
 
     def _succeeded(self) -> int:
         return self._count(
@@ -530,6 +567,28 @@ def _executor(bench: Bench) -> Iterator[Row]:
         )
 
 
+def _executors(bench: Bench) -> Iterator[Row]:
+    c = bench.concurrency
+    used = bench.memory(c)
+    yield Row(
+        f"memory of an idle worker of concurrency {c}, PSS (MB)",
+        used.describe(),
+        "targets: <= 15 per executor, <= 150 in all",
+    )
+    yield Row(
+        "executor replaced after a kill, ready for its next run (ms, median)",
+        f"{memory.restart_ms(bench.url):.1f}",
+        "target <= 50",
+    )
+    ideal = STORM_RUNS / c * 0.2
+    storm = bench.storm(c)
+    yield Row(
+        f"{STORM_RUNS} runs past a 0.2 s limit, concurrency {c}, first start to last end (s)",
+        f"{storm:.2f} ({storm / ideal:.2f}x the ideal {ideal:.1f})",
+        "target <= 1.5x",
+    )
+
+
 def _claim(bench: Bench) -> Iterator[Row]:
     bench.reset()
     bench.fill(1_000)
@@ -561,6 +620,7 @@ SECTIONS: dict[str, Callable[[Bench], Iterator[Row]]] = {
     "work": _work,
     "pickup": _pickup,
     "executor": _executor,
+    "executors": _executors,
     "claim": _claim,
 }
 

@@ -28,3 +28,9 @@ def stamp(ctx: Context, params: dict[str, Any]) -> float:
 def capped(ctx: Context, params: dict[str, Any]) -> None:
     """A pipeline held to 2 runs at once across the fleet, for the drain beside a limited backlog."""
     time.sleep(0.05)
+
+
+@pipeline("bench.hang", timeout=0.2, max_attempts=1)
+def hang(ctx: Context, params: dict[str, Any]) -> None:
+    """Never returns in time: stopped at its 0.2 s limit, its executor killed and replaced."""
+    time.sleep(3600)
