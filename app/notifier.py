@@ -2,12 +2,20 @@
 
 An accelerator only: polling always runs, so a dropped listener (or PgBouncer in transaction
 mode, which cannot carry LISTEN) costs latency, never a run. It uses ``DIRECT_URL``.
+
+The connection is made, and made again after it breaks, by a thread of its own with a backoff,
+so that the worker's loop never waits on a connect to a database that is away. Once made, it is
+handed to the loop, which waits on its socket beside the executors' and reads the notifications
+itself: one process wake-up per new run, where a thread of its own reading them and then waking
+the loop cost two (0.2-0.3 ms of each pickup on a 2-core machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import structlog
@@ -20,34 +28,99 @@ log = structlog.get_logger("orbit.notifier")
 
 
 class Notifier:
-    """A daemon thread holding one LISTEN connection; calls ``wake`` on each notification."""
+    """The listening connection: ``sockets()`` to wait on, ``take()`` what arrived.
 
-    def __init__(self, database: Database, wake: Callable[[], None]) -> None:
+    ``ready`` is called (from the thread) when a new connection can be adopted: the loop should
+    wake and call ``take``, which adopts it and reports an empty payload, for a notification may
+    have been missed while there was none.
+    """
+
+    def __init__(self, database: Database, ready: Callable[[], None]) -> None:
         self._database = database
-        self._wake = wake
+        self._ready = ready
+        self._conn: psycopg.Connection[Any] | None = None  # the loop's
+        self._made: psycopg.Connection[Any] | None = None  # made by the thread, not yet adopted
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()  # the loop has no connection: make one
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="orbit-notifier", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="orbit-listener", daemon=True)
 
     def start(self) -> None:
+        self._wanted.set()
         self._thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
+        self._wanted.set()
+        self._drop()
+        with self._lock:
+            made, self._made = self._made, None
+        if made is not None:
+            made.close()
+
+    def sockets(self) -> list[int]:
+        """What the loop waits on: the connection's socket, when it has one."""
+        return [] if self._conn is None else [self._conn.fileno()]
+
+    def take(self, ready: list[Any]) -> list[str]:
+        """The payloads that arrived, if its socket is among ``ready`` (and an empty one for a
+        connection just adopted); never blocks."""
+        payloads = self._adopt() if self._made is not None else []
+        if self._conn is None or self._conn.fileno() not in ready:
+            return payloads
+        try:
+            payloads += [n.payload for n in self._conn.notifies(timeout=0)]
+        except psycopg.Error as exc:
+            log.warning("Listener lost its connection; polling continues", error=str(exc))
+            self._drop()
+        return payloads
+
+    def send(self, payload: str) -> None:
+        """Notify every listener (a run passed on to the other workers)."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        except psycopg.Error:
+            self._drop()
+
+    def _adopt(self) -> list[str]:
+        with self._lock:
+            made, self._made = self._made, None
+        if made is None:
+            return []
+        self._drop()
+        self._conn = made
+        return [""]
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            if not self._stopped.is_set():
+                self._wanted.set()
 
     def _run(self) -> None:
         failures = 0
-        while not self._stopped.is_set():
+        while True:
+            self._wanted.wait()
+            if self._stopped.is_set():
+                return
             try:
-                with self._database.connect_direct() as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    failures = 0
-                    # A notification may have been missed while reconnecting: poll now.
-                    self._wake()
-                    while not self._stopped.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wake()
+                conn = self._database.connect_direct()
+                conn.execute(f"LISTEN {CHANNEL}")
             except psycopg.Error as exc:
                 failures += 1
-                if failures == 1 and not self._stopped.is_set():
-                    log.warning("Listener lost its connection; polling continues", error=str(exc))
+                if failures == 1:
+                    log.warning("Listener cannot connect; polling continues", error=str(exc))
                 self._stopped.wait(min(30.0, 0.5 * 2**failures))
+                continue
+            failures = 0
+            self._wanted.clear()
+            with self._lock:
+                self._made = conn
+            if self._stopped.is_set():  # stopped while it connected: nobody will adopt it
+                self.stop()
+                return
+            self._ready()

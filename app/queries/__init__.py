@@ -28,6 +28,7 @@ from app.queries.access import (
 )
 from app.queries.claim import (
     ClaimedRun,
+    Claimer,
     Defaults,
     Success,
     Transition,
@@ -38,6 +39,8 @@ from app.queries.claim import (
 )
 from app.queries.common import to_json
 from app.queries.fleet import (
+    Beat,
+    beat,
     cancel,
     heartbeat,
     interrupted,
@@ -99,7 +102,9 @@ from app.queries.upkeep import (
 )
 
 __all__ = [
+    "Beat",
     "ClaimedRun",
+    "Claimer",
     "Defaults",
     "NewRun",
     "QueueDepth",
@@ -107,6 +112,7 @@ __all__ = [
     "Success",
     "Transition",
     "any_token",
+    "beat",
     "cancel",
     "cancel_many",
     "cancel_pending_matching",

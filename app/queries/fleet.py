@@ -3,6 +3,7 @@ cancel)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -45,12 +46,7 @@ _REGISTERED_WORKER = text("""
     FROM workers WHERE id = :id
 """)
 
-# A worker's own heartbeat also says what its processes use (app.memory); a run's (ctx.heartbeat)
-# leaves that as it was.
-_WORKER_HEARTBEAT = text("""
-    UPDATE workers SET heartbeat_at = now(), memory = COALESCE(CAST(:memory AS jsonb), memory)
-    WHERE id = :worker_id
-""")
+_WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
 
 _RUNS_HEARTBEAT = text(f"""
     UPDATE runs r SET heartbeat_at = now()
@@ -84,10 +80,66 @@ def registered_worker(conn: Connection, worker_id: str) -> Row[Any] | None:
     return conn.execute(_REGISTERED_WORKER, {"id": worker_id}).first()
 
 
-def heartbeat(conn: Connection, worker_id: str, held: dict[int, int], memory: str | None = None) -> set[int]:
-    """Beat for the worker (with ``memory``, app.memory's JSON, when given) and every run it holds
-    (one statement); returns the runs still ours."""
-    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id, "memory": memory})
+_LIVE_WORKERS = text("""
+    SELECT id, pipelines FROM workers
+    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :within)
+""")
+
+
+# A worker's heartbeat in one statement (one round trip, one commit: a heartbeat that took three
+# delayed the pickups that came during it): it beats for the worker and for the runs it holds,
+# and reads the live workers (which pipelines each serves) and whether any limit is overridden.
+_BEAT = text(f"""
+    WITH worker AS (
+        UPDATE workers SET heartbeat_at = now(), memory = COALESCE(CAST(:memory AS jsonb), memory)
+        WHERE id = :worker_id
+    ), held AS (
+        UPDATE runs r SET heartbeat_at = now()
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
+        WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {RUNNING} AND r.worker_id = :worker_id
+        RETURNING r.id
+    )
+    SELECT 'held' AS kind, CAST(id AS text) AS id, NULL AS pipelines FROM held
+    UNION ALL
+    SELECT 'worker', id, pipelines FROM workers
+    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :within)
+    UNION ALL
+    SELECT 'overrides', NULL, NULL WHERE EXISTS (SELECT 1 FROM limits)
+""")
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learnt: the runs still this worker's, the live workers (id, pipelines
+    served), whether any limit is overridden."""
+
+    still_ours: set[int]
+    workers: list[tuple[str, list[str]]]
+    overrides: bool
+
+
+def beat(conn: Connection, worker_id: str, held: dict[int, int], memory: str | None, within: float) -> Beat:
+    """A worker's heartbeat (``memory``: app.memory's JSON); the workers that beat within
+    ``within`` seconds before it count as live."""
+    params = {
+        "worker_id": worker_id,
+        "memory": memory,
+        "ids": list(held),
+        "attempts": list(held.values()),
+        "within": within,
+    }
+    rows = conn.execute(_BEAT, params).all()
+    return Beat(
+        still_ours={int(row.id) for row in rows if row.kind == "held"},
+        workers=[(row.id, list(row.pipelines)) for row in rows if row.kind == "worker"],
+        overrides=any(row.kind == "overrides" for row in rows),
+    )
+
+
+def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
+    """Beat for the worker and every run it holds (a run's own heartbeat, ctx.heartbeat);
+    returns the runs still ours."""
+    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id})
     if not held:
         return set()
     rows = conn.execute(

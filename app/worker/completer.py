@@ -113,11 +113,20 @@ class Completer:
 
     def write(self) -> None:
         successes, transitions = self.successes, self.transitions
-        done = self.session.call(lambda conn: self.exchange(conn, successes, transitions), atomic=False)
+        ended = self.pipelines(successes, transitions)
+        done = self.session.call(
+            lambda conn: self.exchange(conn, successes, transitions, ended=ended), atomic=False
+        )
         if done is None:
             self.in_doubt = True
         else:
             self.written(successes, transitions, done[0])
+
+    def pipelines(self, successes: list[Success], transitions: list[Transition]) -> set[str]:
+        """The pipelines of the runs whose outcomes these are."""
+        held = self.held
+        ids = [s.id for s in successes] + [t.id for t in transitions]
+        return {held[run_id].pipeline for run_id in ids if run_id in held}
 
     def written(self, successes: list[Success], transitions: list[Transition], owned: set[int]) -> None:
         """Forget outcomes now in the database; warn about those that were no longer ours."""

@@ -22,6 +22,7 @@ from app.worker.completer import Completer
 from app.worker.exchange import run_fields
 from app.worker.producer import Producer
 from app.worker.session import Session
+from app.worker.wakeup import Wakeup
 
 PRUNE_BATCHES_PER_PASS = 10
 
@@ -49,10 +50,17 @@ class Heartbeat:
     unreachable) is stopped."""
 
     def __init__(
-        self, interval: float, session: Session, pool: ExecutorPool, producer: Producer, completer: Completer
+        self,
+        interval: float,
+        session: Session,
+        pool: ExecutorPool,
+        producer: Producer,
+        completer: Completer,
+        wakeup: Wakeup,
     ) -> None:
         self.every = Every(interval)
         self.session, self.pool, self.producer, self.completer = session, pool, producer, completer
+        self.wakeup = wakeup
         self.last = time.monotonic()  # when a heartbeat was last written
         self.memory = Snapshot()  # what the worker's processes used at the last beat
 
@@ -67,11 +75,15 @@ class Heartbeat:
         worker_id = self.producer.exchange.worker_id
         self.memory = Snapshot.of(os.getpid(), self.pool.executor_pids, self.pool.server_pid)
         memory = self.memory.as_json()
-        still_ours = self.session.call(
-            lambda conn: queries.heartbeat(conn, worker_id, held, memory), atomic=False
+        within = 2 * self.every.interval
+        done = self.session.call(
+            lambda conn: queries.beat(conn, worker_id, held, memory, within), atomic=False
         )
-        if still_ours is None:
+        if done is None:
             return
+        still_ours = done.still_ours
+        self.producer.exchange.overrides = done.overrides
+        self.wakeup.update(done.workers)
         self.last = time.monotonic()
         lost = set(held) - still_ours
         for run_id in lost:

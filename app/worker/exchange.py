@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,34 +10,48 @@ from sqlalchemy import Connection
 
 from app import queries
 from app.limits import Limits
-from app.queries import ClaimedRun, Success, Transition
+from app.queries import ClaimedRun, Claimer, Success, Transition
 
 
-@dataclass(frozen=True)
+@dataclass
 class Exchange:
     """``queries.exchange`` with what is fixed for one worker: its id, its pipelines' defaults
-    (max attempts, time limit in seconds), the code version it stamps on the runs it claims, and
-    its pipelines' limits from the code."""
+    (max attempts, time limit in seconds), the code version it stamps on the runs it claims, its
+    pipelines' limits from the code, and whether it goes through PgBouncer; and what its heartbeat
+    last read: whether the limits table holds any override (until then, it may)."""
 
     worker_id: str
     defaults: dict[str, tuple[int, float]]
     version: str
     limits: Mapping[str, Limits] = field(default_factory=dict)
+    pooled: bool = False
+    overrides: bool = True
+
+    def __post_init__(self) -> None:
+        self.claimer = Claimer.of(self.worker_id, self.defaults, self.version, self.limits)
 
     def __call__(
-        self, conn: Connection, successes: list[Success], transitions: list[Transition], limit: int = 0
+        self,
+        conn: Connection,
+        successes: list[Success],
+        transitions: list[Transition],
+        limit: int = 0,
+        ended: Collection[str] | None = None,
     ) -> tuple[set[int], list[ClaimedRun]]:
         """Write the outcomes, claim up to ``limit`` runs; returns the ids still owned (whose
-        outcome was written) and the runs claimed."""
+        outcome was written) and the runs claimed. ``ended``: the pipelines of those outcomes'
+        runs, when known (an outcome frees room only if its pipeline is limited)."""
+        freeing = self.overrides or ended is None or any(name in self.claimer.limited for name in ended)
         return queries.exchange(
             conn,
             worker_id=self.worker_id,
             successes=successes,
             transitions=transitions,
             limit=limit,
-            defaults=self.defaults,
-            version=self.version,
-            limits=self.limits,
+            claimer=self.claimer,
+            overrides=self.overrides,
+            pooled=self.pooled,
+            freeing=freeing,
         )
 
 

@@ -3,11 +3,12 @@
 The parts (this package's modules) each answer one question: what to claim and where to start it
 (``Producer``), what happens when a run ends (``Completer``), how the database is reached and
 retried (``Session``), what is done periodically (``duties``) and what a stop request does
-(``Shutdown``). The loop sleeps in one ``wait`` on the executors' pipes and a wake-up pipe that
-signals, the LISTEN thread and the time-limit thread write to. No transaction is open while a
-pipeline runs: each database step is its own short transaction.
+(``Shutdown``). The loop sleeps in one ``wait`` on the executors' sockets, the listening
+connection's (app.notifier) and a wake-up pipe that signals, the listener's thread (a new
+connection to adopt) and the watchdog write to. No transaction is open while a pipeline runs:
+each database step is its own short transaction.
 
-Other threads call in only to wake the loop (``wake``) or to read what it publishes (``health``
+Other threads call in only to wake the loop (``_nudge``) or to read what it publishes (``health``
 and the metrics, from the HTTP thread); everything else is the loop's own.
 """
 
@@ -46,6 +47,7 @@ from app.worker.options import Options
 from app.worker.producer import Producer
 from app.worker.session import Session
 from app.worker.shutdown import Shutdown
+from app.worker.wakeup import Decision, Wakeup, passed_on
 
 log = structlog.get_logger("orbit.worker")
 
@@ -80,7 +82,9 @@ class Worker:
         self.engine = self.session.engine
         self.metrics = WorkerMetrics(self.defaults)
         limits = {name: p.limits for name, p in pipelines.items() if p.limits}
-        self.exchange = Exchange(options.worker_id, self.defaults, self.version, limits)
+        self.exchange = Exchange(options.worker_id, self.defaults, self.version, limits, database.pgbouncer)
+        self.wakeup = Wakeup(options.worker_id, frozenset(self.defaults))
+        self.notifier = Notifier(database, self._nudge)
         self._wire(s)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -105,7 +109,12 @@ class Worker:
             burst=self.options.burst,
         )
         self.heartbeat = Heartbeat(
-            s.HEARTBEAT_INTERVAL.total_seconds(), self.session, self.pool, self.producer, self.completer
+            s.HEARTBEAT_INTERVAL.total_seconds(),
+            self.session,
+            self.pool,
+            self.producer,
+            self.completer,
+            self.wakeup,
         )
         rescuer = Rescuer(s.stale_after, s.WORKER_RETENTION, s.retention, s.RETENTION_BATCH)
         scheduler = Scheduler.of(self.pipelines.values())
@@ -122,11 +131,10 @@ class Worker:
         self.observability.start()
         restore_signals = self.shutdown.install(self._wake_w, self.request_stop)
         self.pool.start()
-        notifier = Notifier(self.database, self.wake)
         try:
             apply_saved(self.engine, self.settings.DATA_DIR, self.log)
             self._register()
-            notifier.start()
+            self.notifier.start()
             self.log.info(
                 "Worker started",
                 concurrency=self.options.concurrency,
@@ -137,7 +145,7 @@ class Worker:
                 self._wait(time.monotonic())
                 self.after_wait(time.monotonic())
         finally:
-            notifier.stop()
+            self.notifier.stop()
             logs.run_lines.flush()
             self._finish()
             self.observability.stop()
@@ -146,10 +154,16 @@ class Worker:
             os.close(self._wake_w)
         return self._exit_status
 
-    def wake(self) -> None:
-        """Poll at once (a new run was announced)."""
+    def wake(self, payload: str = "") -> None:
+        """A new run was announced: poll at once, unless another worker is the one to take it
+        (app.worker.wakeup); chosen but without room (or stopping), pass it on to every worker."""
+        decision = self.wakeup.decide(payload)
+        if decision is Decision.NOT_MINE:
+            return
+        if decision is Decision.CHOSEN and (self.stopping or not self.producer.limit(time.monotonic())):
+            self.notifier.send(passed_on(payload))
+            return
         self.producer.next_poll = 0.0
-        self._nudge()
 
     def _nudge(self) -> None:
         """End the loop's wait (from another thread: the listener, the time-limit thread)."""
@@ -222,10 +236,12 @@ class Worker:
             timeout = min(timeout, self.session.retry_at - now)  # outcomes wait for the database
         timeout = min(timeout, self.completer.remaining(now))
         logs.run_lines.flush()
-        ready = wait([*self.pool.connections(), self._wake_r], timeout)
+        ready = wait([*self.pool.connections(), self._wake_r, *self.notifier.sockets()], timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
+        for payload in self.notifier.take(ready):
+            self.wake(payload)
         for outcome in self.pool.collect(ready):
             self._ended(outcome)
         if not self.stopping:

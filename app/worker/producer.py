@@ -74,8 +74,9 @@ class Producer:
             return None
         c = self.completer
         successes, transitions = c.successes, c.transitions
+        ended = c.pipelines(successes, transitions) if self.exchange.claimer.limited else set()
         done = self.session.call(
-            lambda conn: self.exchange(conn, successes, transitions, limit), atomic=False
+            lambda conn: self.exchange(conn, successes, transitions, limit, ended), atomic=False
         )
         if done is None:
             self.in_doubt = True
@@ -87,8 +88,8 @@ class Producer:
             self.metrics.run_claimed(run)
         self.claimed.extend(claimed)
         self.dispatch()
-        if claimed:
-            self.next_poll = now  # found work: poll again as soon as a slot is free
+        if len(claimed) >= limit:
+            self.next_poll = now  # as many as asked for: there may be more, poll again when there is room
         return len(claimed)
 
     def take_up_unheld(self) -> bool:

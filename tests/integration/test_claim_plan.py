@@ -161,6 +161,10 @@ def _hot_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
         ),
         "failure": (claim_sql._FAIL, fail),
         "heartbeat": (_psycopg(fleet_sql._RUNS_HEARTBEAT.text), fenced),
+        "worker's heartbeat": (
+            _psycopg(fleet_sql._BEAT.text),
+            {**fenced, "memory": '{"total_pss": 1}', "within": 10.0},
+        ),
     }
 
 
