@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -168,24 +168,29 @@ class ExecutorPool:
 
     # --- handing runs over -----------------------------------------------------------------
 
-    def hand_over(self, runs: deque[ClaimedRun], depth: int = 1) -> list[ClaimedRun]:
-        """Hand the first of ``runs`` to the executors, the least busy first, up to ``depth`` each;
-        returns those handed over (taken from ``runs``), in order."""
-        slots = [slot for slot in self._slots if slot.ready and len(slot.runs) < depth]
+    def hand_over(
+        self, runs: deque[ClaimedRun], depth: int = 1, quick: Collection[str] = ()
+    ) -> list[ClaimedRun]:
+        """Hand ``runs`` to the executors, in order, the least busy first, up to ``depth`` each,
+        and queued only behind runs of ``quick`` pipelines (nothing waits behind a run that may
+        be long); returns those handed over, taken from the front of ``runs``."""
+        slots = [slot for slot in self._slots if slot.ready and _open(slot, depth, quick)]
         if not slots or not runs:
             return []
         batches: dict[int, list[ClaimedRun]] = {}
         handed = []
-        while runs:
-            slot = min(slots, key=lambda s: len(s.runs))
-            if len(slot.runs) >= depth:
-                break
+        while runs and slots:
             run = runs.popleft()
+            slot = min(slots, key=lambda s: len(s.runs))
+            if slot.runs and run.pipeline not in quick and any(not s.runs for s in slots):
+                slot = next(s for s in slots if not s.runs)  # a run that may be long starts at once
             if not slot.runs:
                 slot.started = time.monotonic()
             slot.runs.append(run)
             batches.setdefault(slot.index, []).append(run)
             handed.append(run)
+            if not _open(slot, depth, quick):
+                slots.remove(slot)
         for index, batch in batches.items():
             self._post(self._slots[index], ("runs", [tuple(run) for run in batch]))
         self._watchdog.busy.set()
@@ -441,6 +446,13 @@ def _killed(run: ClaimedRun, kill: Kill) -> Failure:
         )
         return Failure(ErrorKind.MEMORY, "MemoryLimit", message)
     return Failure(ErrorKind.TIMEOUT, "Timeout", f"exceeded its time limit of {run.timeout_s:g}s")
+
+
+def _open(slot: _Slot, depth: int, quick: Collection[str]) -> bool:
+    """Whether another run may be handed to ``slot``: it holds fewer than ``depth``, and the last
+    of them (the one the next would wait for) is of a quick pipeline. Nothing is queued behind a
+    run of a pipeline that is not quick, so such a run is always the last."""
+    return not slot.runs or (len(slot.runs) < depth and slot.runs[-1].pipeline in quick)
 
 
 def _closed(sock: socket.socket) -> bool:

@@ -263,6 +263,7 @@ class Worker:
 
     def _ended(self, outcome: Outcome) -> None:
         self.producer.pace.finished(time.monotonic())
+        self.producer.durations.ended(outcome.run.pipeline, outcome.duration)
         self.completer.record(outcome)
 
     def _sleep(self, seconds: float) -> None:

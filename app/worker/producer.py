@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app import queries
-from app.batching import Pace
+from app.batching import Durations, Pace
 from app.executor import ExecutorPool
 from app.metrics import WorkerMetrics
 from app.queries import ClaimedRun
@@ -44,6 +44,7 @@ class Producer:
         self.poll_interval, self.burst = poll_interval, burst
         self.claimed: deque[ClaimedRun] = deque()  # claimed ahead, not started yet
         self.pace = Pace(pool.size)
+        self.durations = Durations()  # which pipelines' runs are quick (fed by the loop)
         self.in_doubt = False  # a turn that claimed failed: it may have committed anyway
         self.next_poll = 0.0
 
@@ -116,7 +117,7 @@ class Producer:
         self.take_back()
         if not self.claimed:
             return
-        for run in self.pool.hand_over(self.claimed, self.depth(time.monotonic())):
+        for run in self.pool.hand_over(self.claimed, self.depth(time.monotonic()), self.durations.quick):
             self.runlog.started(run)
 
     def take_back(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.batching import FlushPolicy, Pace
+from app.batching import Durations, FlushPolicy, Pace
 
 
 def test_nothing_is_claimed_ahead_before_the_pace_is_known() -> None:
@@ -50,3 +50,18 @@ def test_outcomes_are_written_when_full_old_or_idle() -> None:
     assert abs(policy.remaining(1.002) - 0.003) < 1e-9
     policy.written()
     assert not policy.due(2.0, 0, idle=True)
+
+
+def test_a_pipeline_is_quick_once_its_runs_are_and_no_longer_after_long_ones() -> None:
+    """Unknown: not quick (its first run may be long); a few 1 ms runs: quick; runs of a second
+    pull the moving average past QUICK_RUN again."""
+    durations = Durations()
+    assert "p" not in durations.quick
+    durations.ended("p", 0.001)
+    assert "p" in durations.quick
+    for _ in range(3):
+        durations.ended("p", 1.0)
+    assert "p" not in durations.quick
+    for _ in range(30):
+        durations.ended("p", 0.001)
+    assert "p" in durations.quick

@@ -47,7 +47,8 @@ def pool() -> Iterator[ExecutorPool]:
 def _hand(pool: ExecutorPool, *runs: ClaimedRun) -> None:
     """Hand ``runs`` to the pool's one executor, queued in order behind the first."""
     todo = deque(runs)
-    assert pool.hand_over(todo, depth=len(runs) + len(pool.busy)) == list(runs)
+    quick = {run.pipeline for run in [*runs, *pool.busy]}  # queued behind each other as if quick
+    assert pool.hand_over(todo, depth=len(runs) + len(pool.busy), quick=quick) == list(runs)
 
 
 def _drive(pool: ExecutorPool, done: Callable[[list[Outcome]], bool], timeout: float = 30.0) -> list[Outcome]:
@@ -279,3 +280,19 @@ def test_executors_share_no_thread_connection_or_lock_with_their_worker() -> Non
 
 def _inode(sock: socket.socket) -> str:
     return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+
+
+def test_nothing_is_queued_behind_a_run_that_may_be_long() -> None:
+    """A run of a pipeline not known to be quick starts in a free executor and nothing waits
+    behind it; runs of a quick one queue behind each other."""
+    pool = _pool(size=2)
+    try:
+        long, quick = _run("test.nap", seconds=0.3), [_run("test.echo", n=i) for i in range(4)]
+        todo = deque([long, *quick])
+        assert pool.hand_over(todo, depth=3, quick={"test.echo"}) == [long, *quick[:3]]
+        assert pool.busy == [long, *quick[:3]]  # executor 0: the long run alone; 1: three quick
+        assert pool.hand_over(todo, depth=3, quick={"test.echo"}) == [] and list(todo) == [quick[3]]
+        outcomes = _drive(pool, lambda o: len(o) == 4)
+        assert [o.run for o in outcomes][-1] == long  # the quick runs did not wait for it
+    finally:
+        pool.close()
