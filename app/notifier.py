@@ -21,6 +21,7 @@ import psycopg
 import structlog
 
 from app.database import Database
+from app.deadlines import DEADLINES, DeadlineExceeded
 from app.queries.common import RUNS_CHANNEL
 
 CHANNEL = RUNS_CHANNEL
@@ -80,8 +81,10 @@ class Notifier:
         if self._conn is None:
             return
         try:
-            self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-        except psycopg.Error:
+            # The loop's own call: bounded like every other (app.deadlines).
+            with DEADLINES.bound(self._conn.fileno(), self._database.deadline):
+                self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        except (psycopg.Error, DeadlineExceeded):
             self._drop()
 
     def _adopt(self) -> list[str]:

@@ -12,7 +12,6 @@ back the runs it had not started.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import resource
@@ -30,7 +29,7 @@ from typing import Any, NoReturn
 from app import context, logs, registry
 from app.database import Database
 from app.errors import FailNow, Snooze
-from app.executor import wire
+from app.executor import forkserver, wire
 from app.executor.watchdog import Board
 from app.outcomes import Failure
 from app.queries import ClaimedRun
@@ -65,7 +64,7 @@ def child_main(
     ``pipelines``: those the fork server loaded, or None to load them here."""
     global _executor_pid
     os.setpgrp()
-    _die_with_parent()
+    forkserver.die_with_parent()
     _executor_pid = os.getpid()
     os.register_at_fork(after_in_child=sock.close)  # a process the run forks never holds the socket
     # Run code, and what it starts, get SIGINT and SIGTERM at their defaults (an ignored signal
@@ -258,11 +257,3 @@ def _failure(exc: BaseException, *, fail_now: bool) -> Failure:
         "".join(traceback.format_exception(exc)),
         fail_now=fail_now,
     )
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the fork server) dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)

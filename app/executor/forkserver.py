@@ -31,11 +31,11 @@ import contextlib
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +54,10 @@ REAP_TIMEOUT = 5.0
 
 class ForkServerError(Exception):
     """The fork server cannot start or stopped answering; the message is one line."""
+
+
+class ForkFailed(Exception):
+    """The fork server is there but could not fork (no memory, a limit on processes)."""
 
 
 class ForkServer:
@@ -104,8 +108,10 @@ class ForkServer:
     def fork(self, index: int, executor_end: socket.socket) -> int:
         """A new executor for slot ``index``, speaking on ``executor_end``; returns its pid."""
         self._ask(lambda sock: socket.send_fds(sock, [wire.encode(("fork", index))], [executor_end.fileno()]))
-        _, pid = self._answer()
-        return int(pid)
+        kind, detail = self._answer()
+        if kind == "failed":
+            raise ForkFailed(detail)
+        return int(detail)
 
     def reap(self, pid: int) -> int | None:
         """Wait (up to REAP_TIMEOUT) for the end of an executor whose group was killed or which
@@ -156,7 +162,11 @@ def main() -> None:
     """The server process: ``python -c _BOOT PATH CONTROL_FD BOARD_FD WORKER_PID``."""
     control = socket.socket(fileno=int(sys.argv[2]))
     board_fd, worker = int(sys.argv[3]), int(sys.argv[4])
-    _die_with(worker)
+    for fd in (control.fileno(), board_fd):  # never passed on to what a run executes
+        os.set_inheritable(fd, False)
+    die_with_parent()
+    if os.getppid() != worker:  # the worker died before the line above
+        os._exit(1)
     reader = wire.Reader(control)
     (setup,) = reader.read()
     _, config, preload, slots = setup
@@ -202,19 +212,28 @@ def _sockets() -> set[str]:
 
 
 def _serve(control: socket.socket, board: Board, config: Any, pipelines: dict[str, Any], entry: Any) -> None:
+    reader = wire.Reader(control)
+    lingering: set[int] = set()  # killed children that had not ended within REAP_TIMEOUT
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(control, 1 << 16, 4)
+            # The executor's end arrives close-on-exec: never inherited by a program a run runs.
+            data, fds, _, _ = socket.recv_fds(control, 1 << 16, 4, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return
         if not data:
             return  # the worker is gone
-        for message in wire.Reader(control).feed(data):
+        for message in reader.feed(data):
             if message[0] == "fork":
-                pid = _fork(control, fds.pop(0), board, config, pipelines, message[1], entry)
-                wire.send(control, ("forked", pid))
+                try:
+                    answer: tuple[str, Any] = (
+                        "forked",
+                        _fork(control, fds.pop(0), board, config, pipelines, message[1], entry),
+                    )
+                except OSError as exc:  # no memory, or a limit on processes: say so, carry on
+                    answer = ("failed", f"cannot fork an executor: {exc}")
+                wire.send(control, answer)
             elif message[0] == "reap":
-                wire.send(control, ("reaped", _reap(message[1])))
+                wire.send(control, ("reaped", _reap(message[1], lingering)))
         for fd in fds:
             os.close(fd)
 
@@ -228,7 +247,13 @@ def _fork(
     index: int,
     entry: Any,
 ) -> int:
-    pid = os.fork()
+    sys.stdout.flush()  # else what the pipelines printed at import is printed again by each child
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(fd)
+        raise
     if pid:
         os.close(fd)
         return pid
@@ -242,25 +267,43 @@ def _fork(
         os._exit(status or 0)
 
 
-def _reap(pid: int) -> int | None:
-    deadline = time.monotonic() + REAP_TIMEOUT
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.0005)
+def _reap(pid: int, lingering: set[int]) -> int | None:
+    """The wait status of child ``pid`` (killed, or dead), waiting up to REAP_TIMEOUT; None if it
+    is still there then (it is reaped later, with the next request) or was no child of this one."""
+    for other in list(lingering):  # killed earlier and slow to go: no zombie left behind
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(other, os.WNOHANG)[0]:
+                lingering.discard(other)
+    pidfd = os.pidfd_open(pid) if _exists(pid) else None
+    try:
+        if pidfd is not None:
+            select.select([pidfd], [], [], REAP_TIMEOUT)  # readable once the child has ended
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    if not done:
+        lingering.add(pid)
+        return None
+    return status
 
 
-def _die_with(worker: int) -> None:
-    """SIGKILL this process when the worker dies (and exit now if it already has)."""
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG): the fork
+    server with its worker, an executor with its fork server."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != worker:
-        os._exit(1)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)

@@ -22,7 +22,7 @@ import structlog
 
 from app.executor import wire
 from app.executor.child import ChildConfig
-from app.executor.forkserver import ForkServer, ForkServerError
+from app.executor.forkserver import ForkFailed, ForkServer, ForkServerError
 from app.executor.watchdog import Board, Kill, Watchdog, kill_group
 from app.outcomes import Failure
 from app.queries import ClaimedRun
@@ -54,6 +54,7 @@ class _Slot:
     started: float = 0.0  # when the first of ``runs`` started (for its duration)
     doomed: set[tuple[int, int]] = field(default_factory=set)  # (id, attempt) of queued runs to drop
     outbox: bytearray = field(default_factory=bytearray)  # what the child has not taken yet
+    closed: bool = False  # torn down: its pid may belong to another process now
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ExecutorPool:
         self._watchdog = Watchdog(self._board, self._lock, lambda: self.on_kill())
         self._reaper = Reaper()
         self._server = ForkServer(self.config, self._board)
+        self._pending: list[Outcome] = []  # read outside collect, returned by the next one
 
     def start(self) -> None:
         self._reaper.start()
@@ -102,26 +104,35 @@ class ExecutorPool:
         atexit.register(self.close)
 
     def _spawn(self, index: int) -> _Slot:
-        ours, theirs = socket.socketpair()
-        try:
-            pid = self._fork(index, theirs)
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        self._reaper.watch(pid)
-        return _Slot(index, pid, ours, wire.Reader(ours))
-
-    def _fork(self, index: int, theirs: socket.socket) -> int:
-        try:
-            return self._server.fork(index, theirs)
-        except ForkServerError as exc:  # killed by someone: its executors died with it
-            log.error("The fork server stopped; starting another", error=str(exc))
-            self._server.close()
+        """A new executor for slot ``index``; a fork server that died (killed: its executors died
+        with it) is replaced once."""
+        for attempt in (1, 2):
+            ours, theirs = socket.socketpair()
             try:
-                self._server.start()
-                return self._server.fork(index, theirs)
-            except ForkServerError as again:
-                raise ExecutorError(f"an executor process failed to start: {again}") from None
+                pid = self._server.fork(index, theirs)
+            except ForkServerError as exc:
+                ours.close()
+                if attempt == 2:
+                    raise ExecutorError(f"an executor process failed to start: {exc}") from None
+                log.error("The fork server stopped; starting another", error=str(exc))
+                self._restart_server()
+                continue
+            except ForkFailed as exc:
+                ours.close()
+                raise ExecutorError(f"an executor process failed to start: {exc}") from None
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            self._reaper.watch(pid)
+            return _Slot(index, pid, ours, wire.Reader(ours))
+        raise AssertionError("unreachable")
+
+    def _restart_server(self) -> None:
+        self._server.close()
+        try:
+            self._server.start()
+        except ForkServerError as exc:
+            raise ExecutorError(f"an executor process failed to start: {exc}") from None
 
     # --- what the worker reads -------------------------------------------------------------
 
@@ -217,8 +228,9 @@ class ExecutorPool:
     # --- what comes back -------------------------------------------------------------------
 
     def collect(self, ready: list[Any]) -> list[Outcome]:
-        """Read what the ready executors sent: log lines are forwarded, outcomes returned."""
-        outcomes: list[Outcome] = []
+        """Read what the ready executors sent: log lines are forwarded, outcomes returned (with
+        those read earlier, when a run was stopped)."""
+        outcomes, self._pending = self._pending, []
         for slot in list(self._slots):
             self._flush(slot)
             if slot.sock in ready:
@@ -226,13 +238,29 @@ class ExecutorPool:
         return outcomes
 
     def _read(self, slot: _Slot) -> list[Outcome]:
-        outcomes: list[Outcome] = []
         try:
             messages = slot.reader.read()
         except (EOFError, OSError):
             return self._gone(slot)
+        outcomes = self._handle(slot, messages)
+        if self._current(slot) and slot.runs and _key(slot.runs[0]) in slot.doomed:
+            # It started before its child read that it should not: stop it.
+            outcomes.extend(self._stop_doomed(slot))
+        return outcomes
+
+    def _drain(self, slot: _Slot) -> list[Outcome]:
+        """What the child sent that is not read yet, without waiting: read before the child is
+        killed, or the runs that ended after the one killed would be given back and run again."""
+        try:
+            messages = slot.reader.read_ready()
+        except (EOFError, OSError):
+            return self._gone(slot)
+        return self._handle(slot, messages)
+
+    def _handle(self, slot: _Slot, messages: list[Any]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         for message in messages:
-            if self._slots[slot.index] is not slot:
+            if not self._current(slot):
                 break  # the child was replaced while its messages were read: the rest is void
             kind = message[0]
             if kind == "log":
@@ -246,8 +274,11 @@ class ExecutorPool:
                 self._taken_back(slot, message[1], dropped=kind == "skipped")
                 if kind == "retiring":
                     log.info("Executor replaced", pid=slot.pid, reason=message[2])
-                    self._replace(slot)
+                    self._end(slot)
         return outcomes
+
+    def _current(self, slot: _Slot) -> bool:
+        return self._slots[slot.index] is slot
 
     def _done(
         self,
@@ -269,11 +300,7 @@ class ExecutorPool:
         if slot.doomed and _key(run) in slot.doomed:  # no longer this worker's: nothing to report
             slot.doomed.discard(_key(run))
             return []
-        outcome = Outcome(run, max(0.0, finished - started), result_json, failure)
-        if slot.runs and _key(slot.runs[0]) in slot.doomed:
-            # It started before the child read that it should not: stop it now.
-            self._kill(slot, Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned"))
-        return [outcome]
+        return [Outcome(run, max(0.0, finished - started), result_json, failure)]
 
     def _taken_back(self, slot: _Slot, keys: list[tuple[int, int]], *, dropped: bool) -> None:
         """Runs the child did not start (told to stop, told to skip them, or retiring): back to
@@ -285,44 +312,6 @@ class ExecutorPool:
                 slot.doomed.discard(_key(run))
             elif not dropped:
                 self.returned.append(run)
-
-    def _gone(self, slot: _Slot) -> list[Outcome]:
-        """The child of ``slot`` died: reap it, end its run (a timeout or a memory kill when the
-        watchdog killed it for that run, else a crash), give its queued runs back, start another."""
-        kill = self._forget(slot)
-        reason = self._retire(slot)
-        self._slots[slot.index] = self._spawn(slot.index)
-        if not slot.runs:
-            # A child that never started is fatal (its pipelines cannot be imported, say), but not
-            # to a stopping worker: it has outcomes to write and needs no more children.
-            if slot.ready or kill is not None or self.stopping:
-                return []
-            raise ExecutorError(f"an executor process failed to start: {reason}") from None
-        run = slot.runs[0]
-        if kill is not None and (kill.run_id, kill.attempt) != _key(run):
-            # The run it was killed for had just ended and this one had started: not its fault.
-            self._give_back(slot)
-            return []
-        if kill is not None:
-            failure = _killed(run, kill)
-        else:
-            failure = Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
-        outcome = self._finish(slot, time.monotonic(), failure)
-        self._give_back(slot)
-        return [outcome]
-
-    def _forget(self, slot: _Slot) -> Kill | None:
-        """Clear the slot's row before its child is reaped, so the watchdog never signals that pid
-        again; returns the watchdog's kill of that child, if it made one."""
-        with self._lock:
-            self._board.ended(slot.index)
-            kill = next((k for k in self._watchdog.kills if k.pid == slot.pid), None)
-            self._watchdog.kills[:] = [k for k in self._watchdog.kills if k.pid != slot.pid]
-        return kill
-
-    def _finish(self, slot: _Slot, finished: float, failure: Failure) -> Outcome:
-        run = slot.runs.popleft()
-        return Outcome(run, max(0.0, finished - slot.started), None, failure)
 
     def _give_back(self, slot: _Slot) -> None:
         """Runs queued in a child that is gone never started: the worker takes them back."""
@@ -340,11 +329,8 @@ class ExecutorPool:
         outcomes = []
         for slot in list(self._slots):
             if slot.pid in pids:
-                with contextlib.suppress(EOFError, OSError):
-                    for message in slot.reader.read_ready():
-                        if message[0] == "done":
-                            outcomes.extend(self._done(slot, *message[1:]))
-                if self._slots[slot.index] is slot:
+                outcomes.extend(self._drain(slot))
+                if self._current(slot):  # no end of file yet: it is on its way
                     outcomes.extend(self._gone(slot))
         with self._lock:  # and kills of children the worker had replaced already
             self._watchdog.kills[:] = [kill for kill in self._watchdog.kills if kill.pid not in pids]
@@ -353,21 +339,39 @@ class ExecutorPool:
     # --- stopping runs ---------------------------------------------------------------------
 
     def stop(self, run_id: int, failure: Failure) -> ClaimedRun | None:
-        """Stop one run at once (cancelled, or no longer ours); a queued one never starts."""
+        """Stop one run at once (cancelled, or no longer ours): a queued one never starts, a
+        running one is killed. Its outcome is dropped; those of runs that ended meanwhile are
+        returned by the next ``collect``."""
         for slot in self._slots:
             for position, run in enumerate(slot.runs):
                 if run.id != run_id:
                     continue
-                if position == 0:
-                    self._kill(slot, failure)
-                else:
-                    slot.doomed.add(_key(run))
+                slot.doomed.add(_key(run))
+                if position:
                     self._post(slot, ("skip", [_key(run)]))
+                else:
+                    self._pending.extend(self._stop_doomed(slot))
                 return run
         return None
 
+    def _stop_doomed(self, slot: _Slot) -> list[Outcome]:
+        """Kill the child running a run no longer this worker's, once what it sent is read (the
+        run may have ended meanwhile, and runs after it too)."""
+        outcomes = self._drain(slot)
+        if self._current(slot) and slot.runs and _key(slot.runs[0]) in slot.doomed:
+            slot.doomed.discard(_key(slot.runs[0]))
+            self._end(slot, LEASE_LOST)  # its outcome is not the worker's to report
+        return outcomes
+
     def stop_all(self, failure: Failure) -> list[Outcome]:
-        return [self._kill(slot, failure) for slot in list(self._slots) if slot.runs]
+        """Kill every child running a run (the worker's grace is over); the runs killed end with
+        ``failure``. Outcomes of runs that ended before are returned by the next ``collect``."""
+        killed = []
+        for slot in list(self._slots):
+            self._pending.extend(self._drain(slot))
+            if self._current(slot) and slot.runs:
+                killed.extend(self._end(slot, failure))
+        return killed
 
     def ask_to_stop(self) -> None:
         """Set ``ctx.should_stop`` in every busy child (cooperative; the hard stop comes later).
@@ -380,58 +384,98 @@ class ExecutorPool:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGUSR1)
 
-    def _kill(self, slot: _Slot, failure: Failure) -> Outcome:
-        kill = self._forget(slot)
-        if kill is not None and slot.runs and (kill.run_id, kill.attempt) == _key(slot.runs[0]):
-            failure = _killed(slot.runs[0], kill)  # the limit came first
-        self._retire(slot)
-        outcome = self._finish(slot, time.monotonic(), failure)
-        self._give_back(slot)
-        self._slots[slot.index] = self._spawn(slot.index)
-        return outcome
+    # --- an executor's end ------------------------------------------------------------------
 
-    def _replace(self, slot: _Slot) -> None:
-        """A child that retired: reaped, and another in its place."""
-        self._forget(slot)
-        self._retire(slot)
-        self._give_back(slot)
-        self._slots[slot.index] = self._spawn(slot.index)
+    def _gone(self, slot: _Slot) -> list[Outcome]:
+        """The child of ``slot`` died (end of file on its socket): its run ends as a timeout or a
+        memory kill when the watchdog killed it for that run, else as a crash."""
+        if not slot.runs and not (slot.ready or self.stopping or self._killed_by_watchdog(slot)):
+            # A child that never started is fatal (its pipelines cannot be imported, say), but not
+            # to a stopping worker: it has outcomes to write and needs no more children.
+            reason, _ = self._teardown(slot)
+            raise ExecutorError(f"an executor process failed to start: {reason}") from None
+        return self._end(slot, CRASHED)
 
-    def _retire(self, slot: _Slot) -> str:
+    def _killed_by_watchdog(self, slot: _Slot) -> bool:
+        with self._lock:
+            return any(kill.pid == slot.pid for kill in self._watchdog.kills)
+
+    def _end(self, slot: _Slot, failure: Failure | None = None) -> list[Outcome]:
+        """Tear the child of ``slot`` down and start another in its place. Its running run, if
+        any, ends with ``failure`` (no outcome without one), unless the watchdog killed it for
+        that run: then as a timeout or a memory kill. ``CRASHED`` says how the child ended. The
+        runs queued behind go back to the worker."""
+        reason, kill = self._teardown(slot)
+        outcomes = []
+        if slot.runs and failure is not None:
+            run = slot.runs[0]
+            if kill is not None and (kill.run_id, kill.attempt) == _key(run):
+                outcomes.append(self._finish(slot, _killed(run, kill)))
+            elif kill is None or failure is not CRASHED:
+                if failure is CRASHED:
+                    failure = Failure(ErrorKind.CRASH, "ExecutorCrashed", reason)
+                outcomes.append(self._finish(slot, failure))
+            # else: killed for the run before it, which had just ended; this one had not started
+        self._give_back(slot)
+        try:
+            self._slots[slot.index] = self._spawn(slot.index)
+        except ExecutorError:
+            self._pending.extend(outcomes)  # still the worker's to write
+            raise
+        return outcomes
+
+    def _teardown(self, slot: _Slot) -> tuple[str, Kill | None]:
         """SIGKILL the child's process group (the child and anything its runs started, a crashed
-        child's leftovers included), have it reaped, and the reaper forget the group; how the
-        child ended, as a failure says it. The group is killed before the child is reaped, so its
-        number cannot belong to another."""
+        child's leftovers included), clear its row on the board, have it reaped, and have the
+        reaper forget the group; how the child ended, and the watchdog's kill of it, if it made
+        one. The group is killed before the child is reaped, so its number cannot belong to
+        another; the row is cleared after the kill, so the child cannot write it again."""
+        if slot.closed:
+            return "executor process was already gone", None
+        slot.closed = True
         kill_group(slot.pid)
+        with self._lock:
+            self._board.ended(slot.index)
+            kill = next((k for k in self._watchdog.kills if k.pid == slot.pid), None)
+            self._watchdog.kills[:] = [k for k in self._watchdog.kills if k.pid != slot.pid]
         try:
             reason = _exit_reason(self._server.reap(slot.pid))
         except ForkServerError:  # the server is gone, and its children died with it
             reason = "executor process ended with its fork server"
         self._reaper.forget(slot.pid)
         slot.sock.close()
-        return reason
+        return reason, kill
+
+    def _finish(self, slot: _Slot, failure: Failure) -> Outcome:
+        run = slot.runs.popleft()
+        return Outcome(run, max(0.0, time.monotonic() - slot.started), None, failure)
 
     def close(self) -> None:
         atexit.unregister(self.close)
         self._watchdog.stop()
-        for slot in self._slots:
-            if not slot.runs:
-                with contextlib.suppress(OSError):
-                    slot.sock.setblocking(True)
-                    slot.sock.sendall(wire.encode(None))
+        idle = [slot for slot in self._slots if not slot.runs and not slot.closed]
+        for slot in idle:
+            with contextlib.suppress(OSError):
+                slot.sock.setblocking(True)
+                slot.sock.sendall(wire.encode(None))
         # Idle children exit on their own first (end of file on their socket); then each group
         # is killed, whatever a run left running in it, and the child reaped.
         deadline = time.monotonic() + 2
-        waiting = [slot.sock for slot in self._slots if not slot.runs]
+        waiting = [slot.sock for slot in idle]
         while waiting and time.monotonic() < deadline:
             ended = wait(waiting, max(0.0, deadline - time.monotonic()))
             waiting = [sock for sock in waiting if not (sock in ended and _closed(sock))]
         for slot in self._slots:
-            self._retire(slot)
+            self._teardown(slot)
         self._slots = []
         self._server.close()
         self._board.close()
         self._reaper.stop()
+
+
+# How a run ends when its child is stopped by the worker or dies.
+LEASE_LOST = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
+CRASHED = Failure(ErrorKind.CRASH, "ExecutorCrashed", "executor process died")  # with its reason
 
 
 class ExecutorError(Exception):

@@ -36,6 +36,7 @@ class Reader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = bytearray()
+        self._ended = False  # end of file was read after messages still to return
 
     def feed(self, data: bytes) -> list[Any]:
         """The messages complete once ``data`` (read elsewhere) is added."""
@@ -45,6 +46,8 @@ class Reader:
     def read(self) -> list[Any]:
         """The messages complete after one ``recv`` (which blocks on a blocking socket until
         something arrives); EOFError at end of file."""
+        if self._ended:
+            raise EOFError
         try:
             data = self.sock.recv(_READ)
         except BlockingIOError:  # woken for nothing (a non-blocking socket)
@@ -54,7 +57,10 @@ class Reader:
         return self.feed(data)
 
     def read_ready(self) -> list[Any]:
-        """What is waiting, without blocking: every complete message, maybe none."""
+        """What is waiting, without blocking: every complete message, maybe none; EOFError at
+        end of file (once the messages before it were returned)."""
+        if self._ended:
+            raise EOFError
         messages: list[Any] = []
         while True:
             try:
@@ -62,9 +68,11 @@ class Reader:
             except BlockingIOError:
                 return messages
             if not data:
+                if messages:
+                    self._ended = True
+                    return messages
                 raise EOFError
-            self._buffer += data
-            messages.extend(self._messages())
+            messages.extend(self.feed(data))
             if len(data) < _READ:
                 return messages
 

@@ -69,9 +69,9 @@ LOCK_SPACE = 7270187  # pg_advisory_xact_lock(LOCK_SPACE, hashtext(pipeline))
 _LOCK_LIMITED = """
     SELECT set_config('orbit.locked', COALESCE(json_agg(name)::text, '[]'), true) FROM (
         SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
-        WHERE (name = ANY(CAST(%(limited)s AS text[]))
-               OR EXISTS (SELECT 1 FROM limits o WHERE name LIKE o.like_pattern))
-          AND pg_try_advisory_xact_lock(%(lock_space)s, hashtext(name))
+        WHERE CASE WHEN name = ANY(CAST(%(limited)s AS text[]))  -- the lock tried for limited ones only
+                         OR EXISTS (SELECT 1 FROM limits o WHERE name LIKE o.like_pattern)
+                   THEN pg_try_advisory_xact_lock(%(lock_space)s, hashtext(name)) ELSE false END
     ) AS locked
 """
 
@@ -288,10 +288,11 @@ _PLAN = (
     " set_config('jit', 'off', {local}), set_config('plan_cache_mode', 'force_generic_plan', {local})"
 )
 _TURN_PLAN = _PLAN.format(local="true")
-# The worker's kept connection takes them for its session, once: every statement it runs is
-# Orbit's own and reaches its rows through an index. A turn then needs no statement for them, and
-# a claim with nothing else to do is one statement, its own transaction (a pickup 0.7 ms sooner
-# on a machine that had been idle). Through PgBouncer the session is not the client's to keep.
+# The worker's kept connection takes them for its session, once, when that session is its own
+# (DATABASE_URL is the server itself, DIRECT_URL the same): every statement it runs is Orbit's
+# own and reaches its rows through an index. A turn then needs no statement for them, and a claim
+# with nothing else to do is one statement, its own transaction (a pickup 0.7 ms sooner on a
+# machine that had been idle). Through a pooler the session may be another client's next.
 _SESSION_PLAN = _PLAN.format(local="false")
 _PLANNED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
@@ -313,11 +314,11 @@ class ClaimedRun(NamedTuple):
 
 def _send_claim(
     driver: psycopg.Connection[Any], claimer: Claimer, limit: int, *, locking: bool
-) -> psycopg.Cursor[Any]:
+) -> tuple[psycopg.Cursor[Any] | None, psycopg.Cursor[Any]]:
+    """The lock statement (when a limit may apply) and the claim; their cursors."""
     params = claimer.params(limit, prelocked=locking)
-    if locking:
-        driver.execute(_LOCK_LIMITED, params)
-    return driver.execute(_CLAIM, params)
+    locks = driver.execute(_LOCK_LIMITED, params) if locking else None
+    return locks, driver.execute(_CLAIM, params)
 
 
 # Runs a worker owns but does not hold: a turn whose claim committed while its reply was lost
@@ -472,6 +473,7 @@ def exchange(
     overrides: bool = True,
     pooled: bool = False,
     freeing: bool = True,
+    contended: list[str] | None = None,
 ) -> tuple[set[int], list[ClaimedRun]]:
     """A worker's whole turn in one transaction and one round trip: write its outcomes, then
     claim up to ``limit`` runs. Returns the ids whose outcome was written (the rest were no longer
@@ -485,8 +487,10 @@ def exchange(
     before the claim, the wake-up when room frees) are sent only when a limit may apply: one of
     ``limits``, or an override (``overrides``: whether the limits table may have any, as the
     worker last read it); the wake-up only when an outcome may free room (``freeing``: the
-    caller may know that none is of a limited pipeline). ``pooled``: the connection goes through
-    PgBouncer.
+    caller may know that none is of a limited pipeline). ``pooled``: the connection's session may
+    be shared with other clients (through PgBouncer, or another pooler between DATABASE_URL and
+    the server): its planner settings are then made for the turn only. ``contended``, if given,
+    gets the pipelines of ``limits`` whose lock another worker held (they got no room this turn).
     """
     claimer = claimer or Claimer.of(worker_id, defaults or {}, version, limits or {})
     limiting = bool(claimer.limited) or overrides
@@ -507,8 +511,12 @@ def exchange(
         if ended and limiting and freeing:
             params = {"ids": ended, "limited": list(claimer.limited), "channel": RUNS_CHANNEL}
             driver.execute(_WAKE_FOR_ROOM, params)
-        claiming = _send_claim(driver, claimer, limit, locking=limiting) if limit else None
+        locks, claiming = _send_claim(driver, claimer, limit, locking=limiting) if limit else (None, None)
         if own and not alone:
             driver.execute("COMMIT")
     owned = set().union(*(_ids(cursor) for cursor in written))
+    if locks is not None and contended is not None:
+        row = locks.fetchone()
+        locked = set(json.loads(row[0])) if row and row[0] else set()
+        contended.extend(name for name in claimer.limited if name not in locked)
     return owned, [] if claiming is None else _claimed(claiming)

@@ -80,12 +80,6 @@ def registered_worker(conn: Connection, worker_id: str) -> Row[Any] | None:
     return conn.execute(_REGISTERED_WORKER, {"id": worker_id}).first()
 
 
-_LIVE_WORKERS = text("""
-    SELECT id, pipelines FROM workers
-    WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :within)
-""")
-
-
 # A worker's heartbeat in one statement (one round trip, one commit: a heartbeat that took three
 # delayed the pickups that came during it): it beats for the worker and for the runs it holds,
 # and reads the live workers (which pipelines each serves) and whether any limit is overridden.

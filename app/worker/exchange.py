@@ -17,8 +17,10 @@ from app.queries import ClaimedRun, Claimer, Success, Transition
 class Exchange:
     """``queries.exchange`` with what is fixed for one worker: its id, its pipelines' defaults
     (max attempts, time limit in seconds), the code version it stamps on the runs it claims, its
-    pipelines' limits from the code, and whether it goes through PgBouncer; and what its heartbeat
-    last read: whether the limits table holds any override (until then, it may)."""
+    pipelines' limits from the code, and whether its session may be shared through a pooler; and
+    what its heartbeat last read: whether the limits table holds any override (until then, it
+    may). After each turn, ``contended`` names its limited pipelines another worker was claiming
+    (they got no room)."""
 
     worker_id: str
     defaults: dict[str, tuple[int, float]]
@@ -29,6 +31,7 @@ class Exchange:
 
     def __post_init__(self) -> None:
         self.claimer = Claimer.of(self.worker_id, self.defaults, self.version, self.limits)
+        self.contended: list[str] = []
 
     def __call__(
         self,
@@ -42,6 +45,7 @@ class Exchange:
         outcome was written) and the runs claimed. ``ended``: the pipelines of those outcomes'
         runs, when known (an outcome frees room only if its pipeline is limited)."""
         freeing = self.overrides or ended is None or any(name in self.claimer.limited for name in ended)
+        self.contended = []
         return queries.exchange(
             conn,
             worker_id=self.worker_id,
@@ -52,6 +56,7 @@ class Exchange:
             overrides=self.overrides,
             pooled=self.pooled,
             freeing=freeing,
+            contended=self.contended,
         )
 
 

@@ -51,6 +51,9 @@ from app.worker.wakeup import Decision, Wakeup, passed_on
 
 log = structlog.get_logger("orbit.worker")
 
+# How soon a worker with room looks for a new run another worker was chosen to take.
+WAKE_FALLBACK = 0.25
+
 
 class Worker:
     def __init__(
@@ -82,7 +85,8 @@ class Worker:
         self.engine = self.session.engine
         self.metrics = WorkerMetrics(self.defaults)
         limits = {name: p.limits for name, p in pipelines.items() if p.limits}
-        self.exchange = Exchange(options.worker_id, self.defaults, self.version, limits, database.pgbouncer)
+        pooled = database.pgbouncer or database.url != database.direct_url
+        self.exchange = Exchange(options.worker_id, self.defaults, self.version, limits, pooled)
         self.wakeup = Wakeup(options.worker_id, frozenset(self.defaults))
         self.notifier = Notifier(database, self._nudge)
         self._wire(s)
@@ -157,10 +161,15 @@ class Worker:
     def wake(self, payload: str = "") -> None:
         """A new run was announced: poll at once, unless another worker is the one to take it
         (app.worker.wakeup); chosen but without room (or stopping), pass it on to every worker."""
-        decision = self.wakeup.decide(payload)
+        decision, now = self.wakeup.decide(payload), time.monotonic()
+        room = not self.stopping and self.producer.limit(now) and self.session.ready(now)
         if decision is Decision.NOT_MINE:
+            # The workers may not agree on who was chosen (one joined or left since a heartbeat):
+            # one with room looks soon anyway, at most a few times a second.
+            if room:
+                self.producer.next_poll = min(self.producer.next_poll, now + WAKE_FALLBACK)
             return
-        if decision is Decision.CHOSEN and (self.stopping or not self.producer.limit(time.monotonic())):
+        if decision is Decision.CHOSEN and not room:
             self.notifier.send(passed_on(payload))
             return
         self.producer.next_poll = 0.0
@@ -171,10 +180,10 @@ class Worker:
             os.write(self._wake_w, b"w")
 
     def request_stop(self, *_: Any) -> None:
-        """First call: graceful stop within the grace. Second call: stop now."""
-        if self.shutdown.request(time.monotonic()):
-            self.pool.ask_to_stop()
-            self.log.info("Shutting down: no new runs", runs_in_flight=self.pool.held)
+        """First call: graceful stop within the grace. Second call: stop now. A signal handler:
+        it only records the request (the loop acts on it, as the handler may run in the middle of
+        anything the loop does, a log line or an executor's teardown)."""
+        self.shutdown.request(time.monotonic())
 
     @property
     def stopping(self) -> bool:
@@ -209,6 +218,9 @@ class Worker:
         """Start and claim what fits, or advance the shutdown; True when the loop should end."""
         producer = self.producer
         if self.stopping:
+            if not self.pool.stopping:
+                self.pool.ask_to_stop()
+                self.log.info("Shutting down: no new runs", runs_in_flight=self.pool.held)
             if self.shutdown.grace_over(now):
                 self._release_in_flight()
             if producer.in_doubt and self.session.ready(now):

@@ -24,6 +24,9 @@ from app.worker.exchange import Exchange, run_fields
 from app.worker.runlog import RunLog
 from app.worker.session import Session
 
+# How soon a worker looks again at a limited pipeline whose lock another worker held.
+CONTENDED_RETRY = 0.05
+
 
 class Producer:
     def __init__(
@@ -91,6 +94,8 @@ class Producer:
         self.dispatch()
         if len(claimed) >= limit:
             self.next_poll = now  # as many as asked for: there may be more, poll again when there is room
+        elif self.exchange.contended:  # another worker was claiming a limited pipeline: its turn ends soon
+            self.next_poll = min(self.next_poll, now + CONTENDED_RETRY)
         return len(claimed)
 
     def take_up_unheld(self) -> bool:
