@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 # Claim ahead only what this worker would start within about this long: a run claimed ahead
 # waits in the worker, not in the table where another worker could take it.
 CLAIM_AHEAD_WINDOW = 0.05
-CLAIM_AHEAD_MAX = 100
+CLAIM_AHEAD_MAX = 250
 # Outcomes are written when this many are waiting, or the oldest has waited this long (sooner
 # when the worker goes idle, claims, or stops).
 FLUSH_BATCH = 100

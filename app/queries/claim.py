@@ -150,7 +150,8 @@ _CLAIM = (
                        CASE WHEN room.group_concurrency IS NULL OR run_group IS NULL THEN NULL
                             ELSE room.group_concurrency - {_GROUP_RUNNING} END AS group_room
                 FROM runs
-                WHERE status = {PENDING} AND run_at <= now() AND runs.pipeline = allowed.name
+                WHERE status = {PENDING} AND run_at <= now() - make_interval(secs => %(waited)s)
+                  AND runs.pipeline = allowed.name
                   AND (room.group_concurrency IS NULL OR run_group IS NULL
                        OR {_GROUP_RUNNING} < room.group_concurrency)
                 ORDER BY priority DESC, run_at, id
@@ -243,9 +244,9 @@ class Claimer:
             tuple(limited),
         )
 
-    def params(self, limit: int, *, prelocked: bool = True) -> dict[str, Any]:
+    def params(self, limit: int, *, prelocked: bool = True, waited: float = 0.0) -> dict[str, Any]:
         """The claim's parameters; without ``prelocked`` (no lock statement before it) a limited
-        pipeline gets no room."""
+        pipeline gets no room; with ``waited``, only runs due that many seconds ago are taken."""
         return {
             "pipelines": list(self.pipelines),
             "limit": limit,
@@ -256,6 +257,7 @@ class Claimer:
             "limited": list(self.limited),
             "lock_space": LOCK_SPACE,
             "prelocked": prelocked,
+            "waited": waited,
         }
 
 
@@ -313,10 +315,10 @@ class ClaimedRun(NamedTuple):
 
 
 def _send_claim(
-    driver: psycopg.Connection[Any], claimer: Claimer, limit: int, *, locking: bool
+    driver: psycopg.Connection[Any], claimer: Claimer, limit: int, *, locking: bool, waited: float
 ) -> tuple[psycopg.Cursor[Any] | None, psycopg.Cursor[Any]]:
     """The lock statement (when a limit may apply) and the claim; their cursors."""
-    params = claimer.params(limit, prelocked=locking)
+    params = claimer.params(limit, prelocked=locking, waited=waited)
     locks = driver.execute(_LOCK_LIMITED, params) if locking else None
     return locks, driver.execute(_CLAIM, params)
 
@@ -474,6 +476,7 @@ def exchange(
     pooled: bool = False,
     freeing: bool = True,
     contended: list[str] | None = None,
+    waited: float = 0.0,
 ) -> tuple[set[int], list[ClaimedRun]]:
     """A worker's whole turn in one transaction and one round trip: write its outcomes, then
     claim up to ``limit`` runs. Returns the ids whose outcome was written (the rest were no longer
@@ -491,6 +494,7 @@ def exchange(
     be shared with other clients (through PgBouncer, or another pooler between DATABASE_URL and
     the server): its planner settings are then made for the turn only. ``contended``, if given,
     gets the pipelines of ``limits`` whose lock another worker held (they got no room this turn).
+    ``waited``: claim only runs due at least that many seconds ago.
     """
     claimer = claimer or Claimer.of(worker_id, defaults or {}, version, limits or {})
     limiting = bool(claimer.limited) or overrides
@@ -511,7 +515,9 @@ def exchange(
         if ended and limiting and freeing:
             params = {"ids": ended, "limited": list(claimer.limited), "channel": RUNS_CHANNEL}
             driver.execute(_WAKE_FOR_ROOM, params)
-        locks, claiming = _send_claim(driver, claimer, limit, locking=limiting) if limit else (None, None)
+        locks, claiming = (
+            _send_claim(driver, claimer, limit, locking=limiting, waited=waited) if limit else (None, None)
+        )
         if own and not alone:
             driver.execute("COMMIT")
     owned = set().union(*(_ids(cursor) for cursor in written))

@@ -40,10 +40,12 @@ class Exchange:
         transitions: list[Transition],
         limit: int = 0,
         ended: Collection[str] | None = None,
+        waited: float = 0.0,
     ) -> tuple[set[int], list[ClaimedRun]]:
         """Write the outcomes, claim up to ``limit`` runs; returns the ids still owned (whose
         outcome was written) and the runs claimed. ``ended``: the pipelines of those outcomes'
-        runs, when known (an outcome frees room only if its pipeline is limited)."""
+        runs, when known (an outcome frees room only if its pipeline is limited); ``waited``:
+        claim only runs due at least that many seconds ago."""
         freeing = self.overrides or ended is None or any(name in self.claimer.limited for name in ended)
         self.contended = []
         return queries.exchange(
@@ -57,6 +59,7 @@ class Exchange:
             pooled=self.pooled,
             freeing=freeing,
             contended=self.contended,
+            waited=waited,
         )
 
 

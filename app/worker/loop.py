@@ -15,6 +15,7 @@ and the metrics, from the HTTP thread); everything else is the loop's own.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -44,15 +45,12 @@ from app.worker.duties import Heartbeat, Report, Upkeep
 from app.worker.exchange import Exchange, run_fields
 from app.worker.observability import Observability
 from app.worker.options import Options
-from app.worker.producer import Producer
+from app.worker.producer import LEFT_WAITING, Producer
 from app.worker.session import Session
 from app.worker.shutdown import Shutdown
 from app.worker.wakeup import Decision, Wakeup, passed_on
 
 log = structlog.get_logger("orbit.worker")
-
-# How soon a worker with room looks for a new run another worker was chosen to take.
-WAKE_FALLBACK = 0.25
 
 
 class Worker:
@@ -145,6 +143,11 @@ class Worker:
                 pipelines=sorted(self.defaults),
                 poll_interval_ms=int(self.settings.POLL_INTERVAL.total_seconds() * 1000),
             )
+            # What start-up built (modules, the registry, the engine) lives as long as the worker:
+            # out of the collector's reach, a full collection no longer walks it (milliseconds
+            # that landed on a run's pickup now and then).
+            gc.collect()
+            gc.freeze()
             while not self.step(time.monotonic()):
                 self._wait(time.monotonic())
                 self.after_wait(time.monotonic())
@@ -164,10 +167,8 @@ class Worker:
         decision, now = self.wakeup.decide(payload), time.monotonic()
         room = not self.stopping and self.producer.limit(now) and self.session.ready(now)
         if decision is Decision.NOT_MINE:
-            # The workers may not agree on who was chosen (one joined or left since a heartbeat):
-            # one with room looks soon anyway, at most a few times a second.
-            if room:
-                self.producer.next_poll = min(self.producer.next_poll, now + WAKE_FALLBACK)
+            if room:  # in case the chosen one does not take it (app.worker.producer.LEFT_WAITING)
+                self.producer.look_again = min(self.producer.look_again, now + LEFT_WAITING)
             return
         if decision is Decision.CHOSEN and not room:
             self.notifier.send(passed_on(payload))
@@ -229,9 +230,9 @@ class Worker:
             producer.give_back()
             return not self.pool.held
         producer.dispatch()
-        limit = producer.limit(now)
-        if limit and now >= producer.next_poll:
-            return producer.claim(now, limit) == 0 and self._burst_done()
+        limit, waited = producer.limit(now), producer.due(now)
+        if limit and waited is not None:
+            return producer.claim(now, limit, waited) == 0 and not waited and self._burst_done()
         return False
 
     def _burst_done(self) -> bool:
@@ -242,7 +243,7 @@ class Worker:
         duties = (self.heartbeat.every, self.upkeep.every, self.report.every)
         timeout = min(1.0, *(every.remaining(now) for every in duties))
         if not self.stopping and self.producer.limit(now):
-            timeout = min(timeout, max(0.0, self.producer.next_poll - now))
+            timeout = min(timeout, max(0.0, min(self.producer.next_poll, self.producer.look_again) - now))
         timeout = min(timeout, self.shutdown.remaining(now))
         if self.completer.held and not self.session.ready(now):
             timeout = min(timeout, self.session.retry_at - now)  # outcomes wait for the database

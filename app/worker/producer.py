@@ -26,6 +26,11 @@ from app.worker.session import Session
 
 # How soon a worker looks again at a limited pipeline whose lock another worker held.
 CONTENDED_RETRY = 0.05
+# A run announced to another worker is looked for by the others, with room, once it has waited
+# this long: the one chosen may be gone, or the workers may not agree on who it is (one joined or
+# left since their heartbeats). Such a look takes only runs due this long ago, so it never races
+# the chosen worker for a new run.
+LEFT_WAITING = 0.25
 
 
 class Producer:
@@ -50,6 +55,8 @@ class Producer:
         self.durations = Durations()  # which pipelines' runs are quick (fed by the loop)
         self.in_doubt = False  # a turn that claimed failed: it may have committed anyway
         self.next_poll = 0.0
+        # When to look for runs announced to another worker that it left waiting (app.worker.wakeup).
+        self.look_again = float("inf")
 
     def limit(self, now: float) -> int:
         """How many runs to claim now: enough for every executor, plus runs ahead when runs are
@@ -66,13 +73,23 @@ class Producer:
         ahead = self.pace.ahead(now)
         return 1 + -(-ahead // self.pool.size) if ahead else 1
 
-    def claim(self, now: float, limit: int) -> int | None:
-        """Write the outcomes waiting and claim up to ``limit`` runs in one turn, then start what
-        fits; the number claimed, or None when the database could not be reached."""
+    def due(self, now: float) -> float | None:
+        """Whether to claim now: None, or how long the runs to claim must have been due (0: any;
+        for a look at runs announced to another worker, only those it left waiting)."""
+        if now >= self.next_poll:
+            return 0.0
+        return LEFT_WAITING if now >= self.look_again else None
+
+    def claim(self, now: float, limit: int, waited: float = 0.0) -> int | None:
+        """Write the outcomes waiting and claim up to ``limit`` runs (due at least ``waited``
+        seconds ago) in one turn, then start what fits; the number claimed, or None when the
+        database could not be reached."""
         if not self.session.ready(now):
             return None
-        # Burst mode exits when nothing is runnable; never let it wait a poll interval.
-        self.next_poll = now if self.burst else now + self.poll_interval
+        self.look_again = float("inf")
+        if not waited:
+            # Burst mode exits when nothing is runnable; never let it wait a poll interval.
+            self.next_poll = now if self.burst else now + self.poll_interval
         self.log.debug("Worker polling...")
         if self.in_doubt and not self.take_up_unheld():
             return None
@@ -80,7 +97,7 @@ class Producer:
         successes, transitions = c.successes, c.transitions
         ended = c.pipelines(successes, transitions) if self.exchange.claimer.limited else set()
         done = self.session.call(
-            lambda conn: self.exchange(conn, successes, transitions, limit, ended), atomic=False
+            lambda conn: self.exchange(conn, successes, transitions, limit, ended, waited), atomic=False
         )
         if done is None:
             self.in_doubt = True
