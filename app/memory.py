@@ -1,6 +1,7 @@
 """What a worker's processes use: the worker, its fork server and each executor.
 
-Read from ``/proc/PID/smaps_rollup`` at every heartbeat (about 50 µs a process): the resident size
+Read from ``/proc/PID/smaps_rollup`` by the heartbeat once a minute (1-2 ms for a worker's
+processes, that the loop spends outside a pickup only once in a while): the resident size
 (RSS, what ``ps`` and process managers such as PM2 show, and what a run's memory limit is checked
 against) and the proportional set size (PSS: each shared page divided among the processes that
 share it, so that the figures of a worker's processes add up to what they use together; executors

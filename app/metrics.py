@@ -197,7 +197,7 @@ class MemoryCollector:
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "orbit_process_memory_bytes",
-            "Memory of this worker's processes at its last heartbeat: resident (rss) and"
+            "Memory of this worker's processes, read once a minute: resident (rss) and"
             " proportional (pss, shared pages divided among the processes sharing them)",
             labels=["process", "kind"],
         )

@@ -25,6 +25,9 @@ from app.worker.session import Session
 from app.worker.wakeup import Wakeup
 
 PRUNE_BATCHES_PER_PASS = 10
+# How often the heartbeat reads what the worker's processes use: a reading takes 1-2 ms of the
+# loop (a file in /proc per process), which every heartbeat put on a pickup now and then.
+MEMORY_EVERY = 60.0
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Heartbeat:
         self.session, self.pool, self.producer, self.completer = session, pool, producer, completer
         self.wakeup = wakeup
         self.last = time.monotonic()  # when a heartbeat was last written
-        self.memory = Snapshot()  # what the worker's processes used at the last beat
+        self.memory = Snapshot()  # what the worker's processes used at the last reading
+        self.memory_read = Every(MEMORY_EVERY)
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last
@@ -73,8 +77,10 @@ class Heartbeat:
         runs = [*self.pool.busy, *self.producer.claimed, *self.completer.held.values()]
         held = {run.id: run.attempt for run in runs}
         worker_id = self.producer.exchange.worker_id
-        self.memory = Snapshot.of(os.getpid(), self.pool.executor_pids, self.pool.server_pid)
-        memory = self.memory.as_json()
+        memory = None  # the last reading stays in the table
+        if self.memory_read.ready(time.monotonic()):
+            self.memory = Snapshot.of(os.getpid(), self.pool.executor_pids, self.pool.server_pid)
+            memory = self.memory.as_json()
         within = 2 * self.every.interval
         done = self.session.call(
             lambda conn: queries.beat(conn, worker_id, held, memory, within), atomic=False

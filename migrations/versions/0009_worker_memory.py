@@ -18,7 +18,7 @@ def upgrade() -> None:
     op.execute("ALTER TABLE workers ADD COLUMN memory jsonb")
     op.execute("""
         COMMENT ON COLUMN workers.memory IS
-        'at the last heartbeat: total_pss, and pid, rss and pss (bytes) of the worker, forkserver, executor-N'
+        'as its heartbeat last read it (once a minute): total_pss, and pid, rss and pss (bytes) of the worker, forkserver, executor-N'
     """)
 
 
