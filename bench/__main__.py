@@ -13,6 +13,7 @@ is not counted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import os
@@ -151,36 +152,38 @@ class Bench:
         With ``limited``, that many runs of bench.capped (2 at once, fleet-wide) wait beside the
         backlog; only the backlog's runs are counted.
         """
-        self.reset()
         jobs = jobs or self.size.jobs
+        with self.fleet(processes, concurrency) as (warm_up, _):
+            if limited:
+                self.fill(limited, LIMITED)
+            self.fill(jobs, pipeline)
+            _wait(lambda: self._succeeded() == warm_up + jobs, "the drain", timeout=900, every=0.05)
+        return self.span_rate(after_id=warm_up)
+
+    @contextlib.contextmanager
+    def fleet(self, processes: int, concurrency: int) -> Iterator[tuple[int, list[int]]]:
+        """An empty queue and ``processes`` workers, registered and warmed up (four runs per
+        executor); yields how many warm-up runs there were and the workers' pids, and stops the
+        workers after."""
+        self.reset()
         workers = self.spawn(["-m", "app.worker", "--concurrency", str(concurrency)], processes)
         try:
             _wait(lambda: self._count("SELECT count(*) FROM workers") == processes, "workers to register")
             warm_up = processes * concurrency * 4
             self.fill(warm_up)
             _wait(lambda: self._succeeded() == warm_up, "the warm-up runs", every=0.02)
-            if limited:
-                self.fill(limited, LIMITED)
-            self.fill(jobs, pipeline)
-            _wait(lambda: self._succeeded() == warm_up + jobs, "the drain", timeout=900, every=0.05)
+            yield warm_up, [worker.pid for worker in workers]
         finally:
             for worker in workers:
                 worker.terminate()
             self.finish(workers, "a worker")
-        return self.span_rate(after_id=warm_up)
 
     def drain_profile(self, processes: int, concurrency: int) -> cpu.Profile:
         """A drain as in ``drain``, with the CPU of each kind of process and the WAL it cost, per
         run (bench/cpu.py): the backlog is enqueued while the pipeline is paused, and counted
         from the moment the pause is lifted."""
-        self.reset()
         jobs = self.size.jobs
-        workers = self.spawn(["-m", "app.worker", "--concurrency", str(concurrency)], processes)
-        try:
-            _wait(lambda: self._count("SELECT count(*) FROM workers") == processes, "workers to register")
-            warm_up = processes * concurrency * 4
-            self.fill(warm_up)
-            _wait(lambda: self._succeeded() == warm_up, "the warm-up runs", every=0.02)
+        with self.fleet(processes, concurrency) as (warm_up, pids):
             with self.engine.begin() as conn:
                 queries.pause(conn, "bench.noop", "bench.noop", "bench")
             self.fill(jobs)
@@ -193,12 +196,8 @@ class Bench:
             def done() -> None:
                 _wait(lambda: self._succeeded() == warm_up + jobs, "the drain", timeout=900, every=0.05)
 
-            sampler = cpu.Sampler(self.engine, [worker.pid for worker in workers])
+            sampler = cpu.Sampler(self.engine, pids)
             return cpu.measured(sampler, jobs, release, done)
-        finally:
-            for worker in workers:
-                worker.terminate()
-            self.finish(workers, "a worker")
 
     def plain_profile(self, batch: int, processes: int = 2) -> cpu.Profile:
         """The plain loop's CPU and WAL per run, as ``drain_profile`` measures Orbit's; the loops

@@ -274,7 +274,10 @@ def _reap(pid: int, lingering: set[int]) -> int | None:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(other, os.WNOHANG)[0]:
                 lingering.discard(other)
-    pidfd = os.pidfd_open(pid) if _exists(pid) else None
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None
     try:
         if pidfd is not None:
             select.select([pidfd], [], [], REAP_TIMEOUT)  # readable once the child has ended
@@ -288,16 +291,6 @@ def _reap(pid: int, lingering: set[int]) -> int | None:
         lingering.add(pid)
         return None
     return status
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def die_with_parent() -> None:
