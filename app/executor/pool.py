@@ -343,6 +343,12 @@ class ExecutorPool:
         running one is killed. Its outcome is dropped; those of runs that ended meanwhile are
         returned by the next ``collect``."""
         for slot in self._slots:
+            if any(run.id == run_id for run in slot.runs):
+                # Read first: a run that ended while its outcome waited unread (the worker was
+                # busy, or frozen) is not stopped but reported, and the fence refuses its outcome.
+                self._pending.extend(self._drain(slot))
+                break
+        for slot in self._slots:
             for position, run in enumerate(slot.runs):
                 if run.id != run_id:
                     continue
