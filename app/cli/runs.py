@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import arguments, queries
+from app import arguments, jsontext, queries
 from app.cli.common import (
     MAX_LIMIT,
     Command,
@@ -47,7 +47,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return _enqueue_file(args)
     settings = load_settings()
     try:
-        params = json.loads(args.params)
+        params = jsontext.loads(args.params)
     except RecursionError:
         raise UsageError("--params is nested too deeply") from None
     except json.JSONDecodeError as exc:
@@ -105,7 +105,7 @@ def _read_lines(source: str) -> list[str]:
 
 def _line_run(args: argparse.Namespace, number: int, line: str) -> queries.NewRun:
     try:
-        params = json.loads(line)
+        params = jsontext.loads(line)
     except RecursionError:
         raise UsageError(f"line {number}: nested too deeply; nothing was enqueued") from None
     except json.JSONDecodeError as exc:

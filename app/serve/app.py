@@ -6,12 +6,13 @@ from importlib import resources
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, registry
@@ -85,9 +86,14 @@ def _error(request: Request, status: int, message: str, headers: Any = None) -> 
 
 
 def _errors(app: FastAPI) -> None:
+    # Starlette's class, not FastAPI's subclass: FastAPI raises the base class itself for a body it
+    # cannot parse (and a 405), which a handler of the subclass never sees.
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):
+            message = "the body is nested too deeply to be read as JSON"
+        return _error(request, exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from app import jsontext
 from app.serve.actions import ActionError
 
 # Field types a form can hold; a model with anything else gets the JSON editor.
@@ -82,7 +83,7 @@ def _typed(field: Mapping[str, Any], raw: str) -> Any:
 
 def json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = jsontext.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise FormError(f"params are not valid JSON: {exc}") from None
     if not isinstance(value, dict):

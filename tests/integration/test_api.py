@@ -127,11 +127,21 @@ def test_bad_enqueues_are_refused_in_one_line_and_insert_nothing(
     assert count_runs(engine) == 0
 
 
-def test_a_body_that_is_not_json_is_refused(client: TestClient, engine: Engine) -> None:
-    """Malformed JSON is a 422 with one line, not a 500."""
-    reply = client.post("/queue/enqueue", content=b"{nope", headers={"Content-Type": "application/json"})
-    assert reply.status_code == 422
-    error_of(reply)
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{nope", 422, "JSON decode error"),
+        (b'{"pipeline": "test.noop", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "too deeply"),
+    ],
+    ids=["malformed", "nested-100000-deep"],
+)
+def test_a_body_that_is_not_json_is_refused(
+    client: TestClient, engine: Engine, body: bytes, status: int, says: str
+) -> None:
+    """Malformed JSON, or JSON nested past the interpreter's limit, is refused in one line, not a 500."""
+    reply = client.post("/queue/enqueue", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == status
+    assert says in error_of(reply)
     assert count_runs(engine) == 0
 
 

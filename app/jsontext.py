@@ -1,0 +1,42 @@
+"""JSON text from users (``orbit enqueue --params``, a file of params, the console's editor),
+parsed without reaching the interpreter's recursion limit.
+
+``json.loads`` of text nested a thousand deep recurses until a RecursionError, and whatever runs
+that deep meanwhile (a finalizer the garbage collector calls, a warning) fails too, unreported.
+Text nested deeper than MAX_DEPTH is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 200
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class TooDeep(RecursionError):
+    """Raised for text nested deeper than MAX_DEPTH (a RecursionError, as ``json.loads`` raises)."""
+
+
+def nesting(text: str) -> int:
+    """How deep arrays and objects nest in ``text`` (brackets inside strings do not count)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    depth = deepest = 0
+    for bracket in brackets:
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads(text: str) -> Any:
+    """``json.loads``, or TooDeep for text nested deeper than MAX_DEPTH."""
+    # Fewer opening brackets than the limit cannot nest past it: most text is not scanned.
+    if text.count("[") + text.count("{") > MAX_DEPTH and nesting(text) > MAX_DEPTH:
+        raise TooDeep(f"nested more than {MAX_DEPTH} deep")
+    return json.loads(text)
