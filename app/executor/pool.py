@@ -1,7 +1,11 @@
 """The worker's side of the executors: a pool of executor processes forked by the fork server, each
 holding the runs handed to it (the first running, the rest queued behind it in order); a run past
 its time or memory limit has its executor's process group killed and the executor replaced (see
-the package's docstring)."""
+the package's docstring).
+
+Over 400 lines on purpose: a slot's state (its runs, what its child was told, whether the child is
+still the current one) changes in nearly every method here, and split across modules those rules
+would be read in pieces."""
 
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ on the driver under the SQLAlchemy connection (see ``common.on_driver``); the ot
 
 By concern: ``runs`` (enqueue, steps, reading runs), ``search`` (runs found by filters for people,
 bulk actions, counts and changes), ``access`` (API tokens, console sessions), ``claim`` (the claim,
-the outcomes and the turn that sends both), ``fleet`` (workers, heartbeats, interrupted runs), ``inspect`` (queue depth,
-reports, health) and ``upkeep`` (pauses, retention, schedules); ``common`` holds what they share.
+and the turn that sends it with the outcomes), ``outcomes`` (the fenced writes of how runs
+ended), ``limits`` (flow control's limits in force and their counts), ``fleet`` (workers,
+heartbeats, interrupted runs), ``inspect`` (queue depth, reports, health) and ``upkeep`` (pauses,
+retention, schedules); ``common`` holds what they share.
 Callers use ``from app import queries`` and the names below. Outside this package are only the
 plumbing of a connection: the liveness ping and the migrations' lock (app.database), and LISTEN
 (app.notifier).
@@ -30,11 +32,7 @@ from app.queries.claim import (
     ClaimedRun,
     Claimer,
     Defaults,
-    Success,
-    Transition,
-    effective_limits,
     exchange,
-    landed,
     unheld_runs,
 )
 from app.queries.common import to_json
@@ -57,6 +55,8 @@ from app.queries.inspect import (
     health_snapshot,
     queue_depth,
 )
+from app.queries.limits import effective_limits
+from app.queries.outcomes import Success, Transition, landed
 from app.queries.runs import (
     NewRun,
     completed_step,

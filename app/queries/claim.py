@@ -1,5 +1,5 @@
-"""The worker's turn: the claim, the outcomes (all fenced on run id, status running, worker and
-attempt), and ``exchange``, which sends both in one round trip."""
+"""The worker's turn: the claim, and ``exchange``, which sends it with the worker's outcomes
+(app.queries.outcomes) in one round trip."""
 
 from __future__ import annotations
 
@@ -12,19 +12,23 @@ from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.rows
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from app.limits import Limits
 from app.queries.common import (
     PENDING,
     RUNNING,
     RUNS_CHANNEL,
-    SUCCEEDED,
     on_driver,
-    to_json,
 )
-from app.states import (
-    RunStatus,
+from app.queries.limits import LIMITS_IN_FORCE, running_of, starts_within
+from app.queries.outcomes import (
+    WAKE_FOR_ROOM,
+    Success,
+    Transition,
+    send_successes,
+    send_transition,
+    written_ids,
 )
 
 # A ClaimedRun's fields, in order, from a row of runs (or of the claim's RETURNING).
@@ -74,41 +78,6 @@ _LOCK_LIMITED = """
                    THEN pg_try_advisory_xact_lock(%(lock_space)s, hashtext(name)) ELSE false END
     ) AS locked
 """
-
-# The latest override of a field matching pipeline a.name: its value, or (for `orbit limits`) its
-# pattern. Rates are overridden as a whole (count and window).
-_OVERRIDE = """(SELECT o.{select} FROM limits o
-                 WHERE a.name LIKE o.like_pattern AND o.{field} IS NOT NULL ORDER BY o.set_at DESC LIMIT 1)"""
-
-
-def override(field: str, select: str = "") -> str:
-    """The latest override's ``field`` (or ``select``) for pipeline ``a.name``, as a subquery."""
-    return _OVERRIDE.format(field=field, select=select or field)
-
-
-# The limits in force for pipeline a.name, its code's limits being the jsonb code.v: an override
-# wins field by field. The claim, `orbit limits` and health read them alike.
-LIMITS_IN_FORCE = f"""
-    COALESCE({override("concurrency")}, (code.v ->> 'concurrency')::int) AS concurrency,
-    COALESCE({override("group_concurrency")}, (code.v ->> 'group_concurrency')::int) AS group_concurrency,
-    COALESCE({override("rate_count")}, (code.v ->> 'rate_count')::int) AS rate_count,
-    COALESCE({override("rate_count", "rate_seconds")}, (code.v ->> 'rate_seconds')::double precision)
-        AS rate_seconds"""
-
-
-def running_of(pipeline: str, group: str | None = None) -> str:
-    """The count of running runs of ``pipeline`` (and of ``group``), SQL expressions both."""
-    of_group = "" if group is None else f" AND r.run_group = {group}"
-    return f"(SELECT count(*) FROM runs r WHERE r.status = {RUNNING} AND r.pipeline = {pipeline}{of_group})"
-
-
-def starts_within(pipeline: str, seconds: str, clock: str) -> str:
-    """The count of starts of ``pipeline`` in the ``seconds`` before ``clock`` (run_starts)."""
-    return (
-        f"(SELECT count(*) FROM run_starts s WHERE s.pipeline = {pipeline}"
-        f" AND s.started_at > {clock} - make_interval(secs => {seconds}))"
-    )
-
 
 _GROUP_RUNNING = running_of("allowed.name", "runs.run_group")
 
@@ -183,33 +152,6 @@ _CLAIM = (
     ORDER BY priority DESC, run_at, id
 """
 )
-
-
-# What `orbit limits` shows: each pipeline's limits in force and where each comes from (the
-# pattern of the override, or NULL for the code), read as the claim reads them.
-_EFFECTIVE_LIMITS = f"""
-    SELECT a.name, {LIMITS_IN_FORCE},
-           {override("concurrency", "pattern")} AS concurrency_from,
-           {override("rate_count", "pattern")} AS rate_from,
-           {override("group_concurrency", "pattern")} AS group_concurrency_from,
-           {running_of("a.name")} AS running,
-           (SELECT count(*) FROM runs r WHERE r.status = {PENDING} AND r.pipeline = a.name
-                                        AND r.run_at <= now()) AS due
-    FROM unnest(CAST(%(pipelines)s AS text[])) AS a(name)
-    CROSS JOIN LATERAL (SELECT CAST(%(limits)s AS jsonb) -> a.name AS v) AS code
-    ORDER BY a.name
-"""
-
-
-def effective_limits(conn: Connection, code: Mapping[str, Limits]) -> list[dict[str, Any]]:
-    """For each pipeline of ``code`` (its limits in the code, possibly none): the limits in force,
-    where each comes from, and its running and due runs."""
-    params = {
-        "pipelines": sorted(code),
-        "limits": json.dumps({name: flow.as_claim() for name, flow in code.items() if flow}),
-    }
-    with on_driver(conn) as driver, driver.cursor(row_factory=psycopg.rows.dict_row) as cursor:
-        return cursor.execute(_EFFECTIVE_LIMITS, params).fetchall()
 
 
 # Each pipeline's (max_attempts, timeout in seconds); the claim reads them by name.
@@ -345,122 +287,6 @@ def _claimed(cursor: psycopg.Cursor[Any]) -> list[ClaimedRun]:
     return [ClaimedRun._make(row) for row in cursor.fetchall()]
 
 
-# The outcomes come as one JSON array of [id, attempt, result] (results are JSON already): one
-# parameter to send, where three arrays cost the worker more to encode than the update itself.
-_SUCCEED_MANY = f"""
-    UPDATE runs r
-    SET status = {SUCCEEDED}, result = v.result, finished_at = now(), error = NULL
-    FROM (SELECT (e ->> 0)::bigint AS id, (e ->> 1)::int AS attempt, e -> 2 AS result
-          FROM jsonb_array_elements(CAST(%(outcomes)s AS jsonb)) AS e) AS v
-    WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {RUNNING} AND r.worker_id = %(worker_id)s
-    RETURNING r.id
-"""
-
-_FAIL = f"""
-    UPDATE runs
-    SET status = %(status)s,
-        run_at = CASE WHEN %(status)s = {PENDING} THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
-        finished_at = CASE WHEN %(status)s = {PENDING} THEN NULL ELSE now() END,
-        attempt = attempt - %(refund)s,
-        error = %(error)s,
-        errors = CASE WHEN CAST(%(entry)s AS jsonb) IS NULL THEN errors
-                      ELSE errors || jsonb_build_array(CAST(%(entry)s AS jsonb)
-                                     || jsonb_build_object('at', now())) END
-    WHERE id = %(id)s AND attempt = %(attempt)s AND status = {RUNNING} AND worker_id = %(worker_id)s
-    RETURNING id
-"""
-
-
-@dataclass(frozen=True)
-class Success:
-    id: int
-    attempt: int
-    result_json: str
-
-
-# What a turn whose reply was lost may have written: the state its own fenced write sets, by
-# this worker, at this attempt. The rescuer's write differs (its error says "interrupted"), and so
-# does a later claim (another attempt, or another worker).
-_LANDED = text("""
-    SELECT r.id FROM runs r
-    JOIN unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-                CAST(:errors AS text[])) AS v(id, attempt, status, error) ON r.id = v.id
-    WHERE r.attempt = v.attempt AND r.status = v.status AND r.worker_id = :worker_id
-      AND r.error IS NOT DISTINCT FROM v.error
-""")
-
-
-def landed(
-    conn: Connection, worker_id: str, successes: Sequence[Success], transitions: Sequence[Transition] = ()
-) -> set[int]:
-    """Which of these outcomes are in the database already, written by ``worker_id`` for that
-    attempt: only that worker's fenced write can have left the run so."""
-    ids = [s.id for s in successes] + [t.id for t in transitions]
-    attempts = [s.attempt for s in successes] + [t.attempt - int(t.refund) for t in transitions]
-    statuses = [str(RunStatus.SUCCEEDED)] * len(successes) + [str(t.status) for t in transitions]
-    errors = [None] * len(successes) + [t.error for t in transitions]
-    params = {
-        "ids": ids,
-        "attempts": attempts,
-        "statuses": statuses,
-        "errors": errors,
-        "worker_id": worker_id,
-    }
-    return set(conn.execute(_LANDED, params).scalars())
-
-
-def _send_successes(
-    driver: psycopg.Connection[Any], worker_id: str, outcomes: Sequence[Success]
-) -> psycopg.Cursor[Any]:
-    encoded = ",".join([f"[{o.id},{o.attempt},{o.result_json}]" for o in outcomes])
-    return driver.execute(_SUCCEED_MANY, {"outcomes": f"[{encoded}]", "worker_id": worker_id})
-
-
-def _ids(cursor: psycopg.Cursor[Any]) -> set[int]:
-    return {int(row[0]) for row in cursor.fetchall()}
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A non-success end of an attempt, already mapped to its next state by app.outcomes."""
-
-    id: int
-    attempt: int
-    status: RunStatus
-    delay: float = 0.0
-    refund: bool = False
-    error: str | None = None
-    entry: dict[str, Any] | None = None
-
-
-def _send_transition(driver: psycopg.Connection[Any], worker_id: str, t: Transition) -> psycopg.Cursor[Any]:
-    params = {
-        "id": t.id,
-        "attempt": t.attempt,
-        "status": str(t.status),
-        "delay": t.delay,
-        "refund": int(t.refund),
-        "error": t.error,
-        "entry": None if t.entry is None else to_json(t.entry),
-        "worker_id": worker_id,
-    }
-    return driver.execute(_FAIL, params)
-
-
-# An outcome of a limited pipeline frees room another worker may be waiting for: wake the idle
-# workers, as a new run does (app.notifier), instead of leaving the slot to their next poll. The
-# notification goes out when the turn commits. A pipeline is limited by its code (%(limited)s)
-# or by an override; with neither anywhere, the statement stops at the empty limits table
-# without reading the runs.
-_WAKE_FOR_ROOM = """
-    SELECT pg_notify(%(channel)s, '')
-    WHERE (cardinality(CAST(%(limited)s AS text[])) > 0 OR EXISTS (SELECT 1 FROM limits))
-      AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ANY(%(ids)s)
-                  AND (r.pipeline = ANY(%(limited)s)
-                       OR EXISTS (SELECT 1 FROM limits o WHERE r.pipeline LIKE o.like_pattern)))
-"""
-
-
 def exchange(
     conn: Connection,
     *,
@@ -498,31 +324,56 @@ def exchange(
     """
     claimer = claimer or Claimer.of(worker_id, defaults or {}, version, limits or {})
     limiting = bool(claimer.limited) or overrides
-    ended = [s.id for s in successes] + [t.id for t in transitions]
+    ended = bool(successes or transitions)
     with on_driver(conn) as driver, driver.pipeline():
         own = driver.autocommit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        planned = own and not pooled
-        if planned and driver not in _PLANNED:
-            driver.execute(_SESSION_PLAN)
-            _PLANNED.add(driver)
-        alone = planned and limit and not ended and not limiting  # one statement, its own transaction
-        if own and not alone:
-            driver.execute("BEGIN")
-        if not planned:
-            driver.execute(_TURN_PLAN)
-        written = [_send_successes(driver, claimer.worker_id, successes)] if successes else []
-        written += [_send_transition(driver, claimer.worker_id, t) for t in transitions]
-        if ended and limiting and freeing:
-            params = {"ids": ended, "limited": list(claimer.limited), "channel": RUNS_CHANNEL}
-            driver.execute(_WAKE_FOR_ROOM, params)
+        alone = own and not pooled and limit and not ended and not limiting  # one statement
+        _begin(driver, own=own, pooled=pooled, alone=bool(alone))
+        written = _send_outcomes(driver, claimer, successes, transitions, wake=limiting and freeing)
         locks, claiming = (
             _send_claim(driver, claimer, limit, locking=limiting, waited=waited) if limit else (None, None)
         )
         if own and not alone:
             driver.execute("COMMIT")
-    owned = set().union(*(_ids(cursor) for cursor in written))
+    owned = set().union(*(written_ids(cursor) for cursor in written))
     if locks is not None and contended is not None:
-        row = locks.fetchone()
-        locked = set(json.loads(row[0])) if row and row[0] else set()
-        contended.extend(name for name in claimer.limited if name not in locked)
+        contended.extend(_contended(locks, claimer))
     return owned, [] if claiming is None else _claimed(claiming)
+
+
+def _begin(driver: psycopg.Connection[Any], *, own: bool, pooled: bool, alone: bool) -> None:
+    """The planner settings (the session's, once, when it is the worker's own; else the turn's)
+    and BEGIN, unless the turn is part of the caller's transaction or one statement alone."""
+    planned = own and not pooled
+    if planned and driver not in _PLANNED:
+        driver.execute(_SESSION_PLAN)
+        _PLANNED.add(driver)
+    if own and not alone:
+        driver.execute("BEGIN")
+    if not planned:
+        driver.execute(_TURN_PLAN)
+
+
+def _send_outcomes(
+    driver: psycopg.Connection[Any],
+    claimer: Claimer,
+    successes: Sequence[Success],
+    transitions: Sequence[Transition],
+    *,
+    wake: bool,
+) -> list[psycopg.Cursor[Any]]:
+    """The outcomes' statements, and the wake-up for the room they may free (``wake``)."""
+    written = [send_successes(driver, claimer.worker_id, successes)] if successes else []
+    written += [send_transition(driver, claimer.worker_id, t) for t in transitions]
+    ended = [s.id for s in successes] + [t.id for t in transitions]
+    if ended and wake:
+        params = {"ids": ended, "limited": list(claimer.limited), "channel": RUNS_CHANNEL}
+        driver.execute(WAKE_FOR_ROOM, params)
+    return written
+
+
+def _contended(locks: psycopg.Cursor[Any], claimer: Claimer) -> list[str]:
+    """The limited pipelines whose lock another worker held: they got no room this turn."""
+    row = locks.fetchone()
+    locked = set(json.loads(row[0])) if row and row[0] else set()
+    return [name for name in claimer.limited if name not in locked]

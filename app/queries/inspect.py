@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, text
 
-from app.queries.claim import LIMITS_IN_FORCE, running_of, starts_within
 from app.queries.common import (
     FINAL_OUTCOMES_SQL,
     PENDING,
@@ -16,6 +15,7 @@ from app.queries.common import (
     SUCCEEDED,
 )
 from app.queries.fleet import INTERRUPTED_WHERE
+from app.queries.limits import LIMITS_IN_FORCE, running_of, starts_within
 
 # Only live rows are read (both partial indexes cover them), so the cost does not grow with
 # history; pending counts runs that are due, not those scheduled for later.

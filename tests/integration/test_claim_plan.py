@@ -16,6 +16,7 @@ from app.database import libpq_url
 from app.limits import limits
 from app.queries import claim as claim_sql
 from app.queries import fleet as fleet_sql
+from app.queries import outcomes as outcome_sql
 from app.queries import runs as runs_sql
 from tests.support.claim_plan import explain_claim
 
@@ -153,13 +154,13 @@ def _hot_statements(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]:
         "enqueue": (runs_sql._INSERT_RUN, insert),
         "enqueue, key held": (runs_sql._LIVE_RUN_BY_KEY, {"key": "k"}),
         "successes": (
-            claim_sql._SUCCEED_MANY,
+            outcome_sql._SUCCEED_MANY,
             {
                 "outcomes": json.dumps([[i, a, None] for i, a in zip(ids, attempts, strict=True)]),
                 "worker_id": "w",
             },
         ),
-        "failure": (claim_sql._FAIL, fail),
+        "failure": (outcome_sql._FAIL, fail),
         "heartbeat": (_psycopg(fleet_sql._RUNS_HEARTBEAT.text), fenced),
         "worker's heartbeat": (
             _psycopg(fleet_sql._BEAT.text),
@@ -175,7 +176,7 @@ def _after_a_lost_reply(engine: Engine) -> dict[str, tuple[str, dict[str, Any]]]
     return {
         "unheld runs": (claim_sql._UNHELD, {"worker_id": "w", "held": ids}),
         "written earlier": (
-            _psycopg(claim_sql._LANDED.text),
+            _psycopg(outcome_sql._LANDED.text),
             {**fenced, "statuses": ["succeeded"] * len(ids), "errors": [None] * len(ids)},
         ),
     }
