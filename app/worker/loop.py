@@ -88,9 +88,7 @@ class Worker:
         self.wakeup = Wakeup(options.worker_id, frozenset(self.defaults))
         self.notifier = Notifier(database, self._nudge)
         self._wire(s)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = _wake_pipe()
         self._exit_status = 0
         self.observability = Observability(
             s, self.engine, self.metrics, self.heartbeat, self.stats, self.pool, list(self.defaults)
@@ -319,3 +317,11 @@ class Worker:
         if not self.completer.held:
             # Marked stopped, its runs would be recovered at once: not while outcomes are held.
             self.session.call(lambda conn: registration.stop(conn, self._registration()))
+
+
+def _wake_pipe() -> tuple[int, int]:
+    """The pipe that ends the loop's wait: written by signals, the listener and the watchdog."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
