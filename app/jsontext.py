@@ -13,7 +13,9 @@ import re
 from typing import Any
 
 MAX_DEPTH = 200
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# A string, or what is left of the text after a quote never closed: every match succeeds, so a
+# quote without its end is not tried again from each later quote (quadratic, minutes for 1 MB).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 

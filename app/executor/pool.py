@@ -160,6 +160,11 @@ class ExecutorPool:
         return sum(len(slot.runs) for slot in self._slots)
 
     @property
+    def unreported(self) -> bool:
+        """Whether outcomes read outside ``collect`` wait for the next one."""
+        return bool(self._pending)
+
+    @property
     def running(self) -> int:
         return sum(1 for slot in self._slots if slot.runs)
 
@@ -303,6 +308,11 @@ class ExecutorPool:
         slot.started = finished
         if slot.doomed and _key(run) in slot.doomed:  # no longer this worker's: nothing to report
             slot.doomed.discard(_key(run))
+            log.warning(
+                "Run ended as it was stopped: no longer owned by this worker, its outcome dropped",
+                run_id=run_id,
+                attempt=attempt,
+            )
             return []
         return [Outcome(run, max(0.0, finished - started), result_json, failure)]
 
@@ -342,34 +352,30 @@ class ExecutorPool:
 
     # --- stopping runs ---------------------------------------------------------------------
 
-    def stop(self, run_id: int, failure: Failure) -> ClaimedRun | None:
+    def stop(self, run_id: int) -> ClaimedRun | None:
         """Stop one run at once (cancelled, or no longer ours): a queued one never starts, a
-        running one is killed. Its outcome is dropped; those of runs that ended meanwhile are
-        returned by the next ``collect``."""
-        for slot in self._slots:
-            if any(run.id == run_id for run in slot.runs):
-                # Read first: a run that ended while its outcome waited unread (the worker was
-                # busy, or frozen) is not stopped but reported, and the fence refuses its outcome.
-                self._pending.extend(self._drain(slot))
-                break
-        for slot in self._slots:
-            for position, run in enumerate(slot.runs):
-                if run.id != run_id:
-                    continue
-                slot.doomed.add(_key(run))
-                if position:
-                    self._post(slot, ("skip", [_key(run)]))
-                else:
-                    self._pending.extend(self._stop_doomed(slot))
-                return run
-        return None
+        running one is killed. Its outcome is dropped, also when it had ended unread (the worker
+        was busy, or frozen): it is not the worker's to write. Those of the runs that ended
+        meanwhile are returned by the next ``collect``. Returns the run if it had not ended."""
+        slot = next((s for s in self._slots if any(run.id == run_id for run in s.runs)), None)
+        if slot is None:
+            return None
+        run = next(run for run in slot.runs if run.id == run_id)
+        slot.doomed.add(_key(run))
+        self._pending.extend(self._drain(slot))  # what ended before, this run perhaps
+        if not self._current(slot) or run not in slot.runs:
+            return None
+        if slot.runs[0] is not run:
+            self._post(slot, ("skip", [_key(run)]))
+        else:
+            self._pending.extend(self._stop_doomed(slot))
+        return run
 
     def _stop_doomed(self, slot: _Slot) -> list[Outcome]:
         """Kill the child running a run no longer this worker's, once what it sent is read (the
         run may have ended meanwhile, and runs after it too)."""
         outcomes = self._drain(slot)
         if self._current(slot) and slot.runs and _key(slot.runs[0]) in slot.doomed:
-            slot.doomed.discard(_key(slot.runs[0]))
             self._end(slot, LEASE_LOST)  # its outcome is not the worker's to report
         return outcomes
 
@@ -419,7 +425,10 @@ class ExecutorPool:
         outcomes = []
         if slot.runs and failure is not None:
             run = slot.runs[0]
-            if kill is not None and (kill.run_id, kill.attempt) == _key(run):
+            if _key(run) in slot.doomed:  # no longer this worker's: nothing to report
+                slot.doomed.discard(_key(run))
+                slot.runs.popleft()
+            elif kill is not None and (kill.run_id, kill.attempt) == _key(run):
                 outcomes.append(self._finish(slot, _killed(run, kill)))
             elif kill is None or failure is not CRASHED:
                 if failure is CRASHED:

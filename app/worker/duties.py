@@ -13,10 +13,8 @@ from app import queries
 from app.executor import ExecutorPool
 from app.memory import Snapshot
 from app.metrics import WorkerMetrics
-from app.outcomes import Failure
 from app.recovery import Rescuer, prune_in_batches
 from app.schedules import Scheduler
-from app.states import ErrorKind
 from app.stats import WorkerStats
 from app.worker.completer import Completer
 from app.worker.exchange import run_fields
@@ -93,8 +91,7 @@ class Heartbeat:
         self.last = time.monotonic()
         lost = set(held) - still_ours
         for run_id in lost:
-            gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-            stopped = self.pool.stop(run_id, gone)
+            stopped = self.pool.stop(run_id)
             if stopped is not None:
                 self.producer.log.warning(
                     "Run stopped: cancelled or taken over elsewhere", **run_fields(stopped)

@@ -222,16 +222,25 @@ class Worker:
                 self.log.info("Shutting down: no new runs", runs_in_flight=self.pool.held)
             if self.shutdown.grace_over(now):
                 self._release_in_flight()
+            self._collect_read()
             if producer.in_doubt and self.session.ready(now):
                 producer.take_up_unheld()  # to give them back with the rest
             producer.take_back()
             producer.give_back()
             return not self.pool.held
+        self._collect_read()
         producer.dispatch()
         limit, waited = producer.limit(now), producer.due(now)
         if limit and waited is not None:
             return producer.claim(now, limit, waited) == 0 and not waited and self._burst_done()
         return False
+
+    def _collect_read(self) -> None:
+        """Outcomes the pool read outside a wait (stopping a run, or at the grace's end), before
+        the loop decides it has nothing left: else they would be lost with the loop's end."""
+        if self.pool.unreported:
+            for outcome in self.pool.collect([]):
+                self._ended(outcome)
 
     def _burst_done(self) -> bool:
         idle = not (self.pool.held or self.completer.held or self.producer.claimed)

@@ -20,7 +20,6 @@ import pytest
 
 from app.database import Database
 from app.executor import ChildConfig, ExecutorPool, Outcome
-from app.outcomes import Failure
 from app.queries import ClaimedRun
 from app.states import ErrorKind
 from tests.support.paths import TEST_PIPELINES
@@ -136,8 +135,7 @@ def test_a_queued_run_stopped_while_it_waits_never_starts(pool: ExecutorPool, tm
     head = _run("test.nap", seconds=0.3)
     queued = _run("test.nap", seconds=30, path=str(tmp_path / "queued"))
     _hand(pool, head, queued)
-    gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-    assert pool.stop(queued.id, gone) == queued
+    assert pool.stop(queued.id) == queued
     (outcome,) = _drive(pool, lambda o: len(o) == 1)
     assert outcome.run == head and outcome.failure is None
     _drive(pool, lambda o: pool.free == 1)
@@ -306,10 +304,10 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.005)
 
 
-def test_stopping_a_run_that_already_ended_reports_it_and_loses_nothing_after_it(tmp_path: Path) -> None:
-    """The executor ran the whole batch before the worker read any of it: asked to stop the second
-    run (no longer this worker's), the pool finds it ended and reports it, for the fence to refuse;
-    the runs after it are not given back to run again."""
+def test_stopping_a_run_that_already_ended_loses_nothing_that_ran_after_it(tmp_path: Path) -> None:
+    """The executor ran the whole batch before the worker read any of it: stopping the second
+    run (no longer this worker's) drops its outcome only; the runs after it are not given back
+    to run again."""
     pool = _pool()
     try:
         quick = {"test.echo", "test.nap"}
@@ -317,10 +315,9 @@ def test_stopping_a_run_that_already_ended_reports_it_and_loses_nothing_after_it
         last = _run("test.nap", path=str(tmp_path / "last"))
         pool.hand_over(deque([first, lost, third, last]), depth=4, quick=quick)
         _wait_for(tmp_path / "last")
-        gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-        assert pool.stop(lost.id, gone) is None  # nothing to stop: it ended
-        outcomes = _drive(pool, lambda o: len(o) == 4)
-        assert [o.run for o in outcomes] == [first, lost, third, last]
+        assert pool.stop(lost.id) is None  # nothing to stop: it ended
+        outcomes = _drive(pool, lambda o: len(o) == 3)
+        assert [o.run for o in outcomes] == [first, third, last]
         assert pool.returned == [] and pool.busy == []
     finally:
         pool.close()
@@ -328,16 +325,16 @@ def test_stopping_a_run_that_already_ended_reports_it_and_loses_nothing_after_it
 
 def test_stopping_the_running_run_first_reads_what_ended_after_it(tmp_path: Path) -> None:
     """The worker still thinks the first run is running, but it ended and the next one too:
-    nothing is killed, and both outcomes are reported, the next one not given back to run again."""
+    nothing is killed, the first run's outcome is dropped, and the next one's is kept, not
+    given back to run again."""
     pool = _pool()
     try:
         first, second = _run("test.echo", n=1), _run("test.nap", path=str(tmp_path / "second"))
         pool.hand_over(deque([first, second]), depth=2, quick={"test.echo", "test.nap"})
         _wait_for(tmp_path / "second")
-        gone = Failure(ErrorKind.INTERRUPTED, "LeaseLost", "run is no longer owned")
-        assert pool.stop(first.id, gone) is None
-        outcomes = _drive(pool, lambda o: len(o) == 2)
-        assert [(o.run, o.failure) for o in outcomes] == [(first, None), (second, None)]
+        assert pool.stop(first.id) is None
+        (outcome,) = _drive(pool, lambda o: len(o) == 1)
+        assert (outcome.run, outcome.failure) == (second, None)
         assert pool.returned == [] and pool.free == 1
     finally:
         pool.close()

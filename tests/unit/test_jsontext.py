@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app import jsontext
@@ -23,3 +25,11 @@ def test_text_nested_past_the_limit_is_refused_before_it_is_parsed() -> None:
     # Many brackets, shallow: parsed.
     assert len(jsontext.loads("[" + ",".join(["[]"] * 5000) + "]")) == 5000
     assert jsontext.loads('{"s": "' + "[" * 1000 + '"}') == {"s": "[" * 1000}
+
+
+def test_a_quote_never_closed_is_invalid_json_not_too_deep() -> None:
+    """What follows a quote that never closes is inside the string: its brackets do not count."""
+    text = '"' + '\\"' * 1000 + "[" * 300
+    assert jsontext.nesting(text) == 0
+    with pytest.raises(json.JSONDecodeError, match="Unterminated string"):
+        jsontext.loads(text)
