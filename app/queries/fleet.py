@@ -48,12 +48,13 @@ _REGISTERED_WORKER = text("""
 
 _WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
 
-_RUNS_HEARTBEAT = text(f"""
+# The runs a worker holds, still its own, beat; the ids of those that are come back.
+_RUNS_BEAT = f"""
     UPDATE runs r SET heartbeat_at = now()
     FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {RUNNING} AND r.worker_id = :worker_id
-    RETURNING r.id
-""")
+    RETURNING r.id"""
+_RUNS_HEARTBEAT = text(_RUNS_BEAT)
 
 _STOP_WORKER = text("""
     UPDATE workers SET stopped_at = now(), heartbeat_at = now()
@@ -87,11 +88,7 @@ _BEAT = text(f"""
     WITH worker AS (
         UPDATE workers SET heartbeat_at = now(), memory = COALESCE(CAST(:memory AS jsonb), memory)
         WHERE id = :worker_id
-    ), held AS (
-        UPDATE runs r SET heartbeat_at = now()
-        FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
-        WHERE r.id = v.id AND r.attempt = v.attempt AND r.status = {RUNNING} AND r.worker_id = :worker_id
-        RETURNING r.id
+    ), held AS ({_RUNS_BEAT}
     )
     SELECT 'held' AS kind, CAST(id AS text) AS id, NULL AS pipelines FROM held
     UNION ALL

@@ -12,7 +12,8 @@ asleep; when it has no executor free, or is stopping, it passes the run on to al
 Several runs at once, a notification that says nothing of them (room freed under a flow-control
 limit, a trigger older than 0010) or one passed on wake every worker that serves them. A worker
 that died without its peers knowing yet (killed, up to two heartbeats) leaves the runs it was
-chosen for to the others' polls (``POLL_INTERVAL``).
+chosen for to the others, which look for runs left waiting that long
+(app.worker.producer.LEFT_WAITING, 250 ms) or find them on their next poll.
 """
 
 from __future__ import annotations
