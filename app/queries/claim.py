@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.encoder
 import weakref
@@ -20,6 +21,7 @@ from app.queries.common import (
     RUNNING,
     RUNS_CHANNEL,
     on_driver,
+    single_line,
 )
 from app.queries.limits import LIMITS_IN_FORCE, running_of, starts_within
 from app.queries.outcomes import (
@@ -81,12 +83,38 @@ _LOCK_LIMITED = """
 
 _GROUP_RUNNING = running_of("allowed.name", "runs.run_group")
 
-_CLAIM = (
-    f"""
+# The worker's pipelines, less the paused ones.
+_ALLOWED = """
     WITH allowed AS MATERIALIZED (
         SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
         WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)
     )
+"""
+
+# The runs chosen (CTE next) made this worker's, with their pipeline's defaults.
+_TAKE = f"""
+    , claimed AS (
+        UPDATE runs r
+        SET status = {RUNNING}, attempt = r.attempt + 1, worker_id = %(worker_id)s,
+            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = %(version)s,
+            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'max_attempts'] AS int)),
+            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'timeout_s'] AS double precision)))
+        WHERE r.id = ANY(ARRAY(SELECT id FROM next))
+        RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
+    )
+"""
+
+_RETURNED = (
+    _CLAIMED_RUN
+    + """
+    FROM claimed
+    ORDER BY priority DESC, run_at, id
+"""
+)
+
+_CLAIM = single_line(
+    _ALLOWED
+    + f"""
     , limited AS MATERIALIZED (
         SELECT e.*, %(prelocked)s AND e.name IN (
                    SELECT jsonb_array_elements_text(CAST(NULLIF(current_setting('orbit.locked', true), '') AS jsonb))
@@ -132,25 +160,45 @@ _CLAIM = (
         ORDER BY ranked.priority DESC, ranked.run_at, ranked.id
         LIMIT %(limit)s
     )
-    , claimed AS (
-        UPDATE runs r
-        SET status = {RUNNING}, attempt = r.attempt + 1, worker_id = %(worker_id)s,
-            started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = %(version)s,
-            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'max_attempts'] AS int)),
-            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'timeout_s'] AS double precision)))
-        WHERE r.id = ANY(ARRAY(SELECT id FROM next))
-        RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
-    )
+"""
+    + _TAKE
+    + """
     , started AS (
         INSERT INTO run_starts (pipeline, started_at)
         SELECT c.pipeline, statement_timestamp() FROM claimed c
         WHERE c.pipeline IN (SELECT name FROM limited WHERE rate_count IS NOT NULL)
-    )"""
-    + _CLAIMED_RUN
-    + """
-    FROM claimed
-    ORDER BY priority DESC, run_at, id
+    )
 """
+    + _RETURNED
+)
+
+# The claim when no limit can apply (no pipeline of the worker has one in its code, and the
+# limits table held no override when the worker last looked): the same runs in the same order as
+# _CLAIM with no limited pipeline, without its flow control. That part's plan (the overrides'
+# lookups, the room, the ranking within groups, the rate's starts) cost a third of an idle
+# worker's claim, 0.2 ms of a pickup, measured on PostgreSQL 15. An override set since the
+# worker last looked gives its pipelines no room, as in _CLAIM without their lock, until the
+# worker's heartbeat sees it and its claims become _CLAIM.
+_CLAIM_UNLIMITED = single_line(
+    _ALLOWED
+    + f"""
+    , next AS (
+        SELECT candidate.id FROM allowed
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM runs
+            WHERE status = {PENDING} AND run_at <= now() - make_interval(secs => %(waited)s)
+              AND runs.pipeline = allowed.name
+            ORDER BY priority DESC, run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS candidate
+        WHERE NOT EXISTS (SELECT 1 FROM limits o WHERE allowed.name LIKE o.like_pattern)
+        ORDER BY candidate.priority DESC, candidate.run_at, candidate.id
+        LIMIT %(limit)s
+    )
+"""
+    + _TAKE
+    + _RETURNED
 )
 
 
@@ -259,10 +307,12 @@ class ClaimedRun(NamedTuple):
 def _send_claim(
     driver: psycopg.Connection[Any], claimer: Claimer, limit: int, *, locking: bool, waited: float
 ) -> tuple[psycopg.Cursor[Any] | None, psycopg.Cursor[Any]]:
-    """The lock statement (when a limit may apply) and the claim; their cursors."""
+    """The lock statement and the claim when a limit may apply, else the claim without flow
+    control; their cursors."""
     params = claimer.params(limit, prelocked=locking, waited=waited)
-    locks = driver.execute(_LOCK_LIMITED, params) if locking else None
-    return locks, driver.execute(_CLAIM, params)
+    if not locking:
+        return None, driver.execute(_CLAIM_UNLIMITED, params)
+    return driver.execute(_LOCK_LIMITED, params), driver.execute(_CLAIM, params)
 
 
 # Runs a worker owns but does not hold: a turn whose claim committed while its reply was lost
@@ -325,16 +375,20 @@ def exchange(
     claimer = claimer or Claimer.of(worker_id, defaults or {}, version, limits or {})
     limiting = bool(claimer.limited) or overrides
     ended = bool(successes or transitions)
-    with on_driver(conn) as driver, driver.pipeline():
+    with on_driver(conn) as driver:
         own = driver.autocommit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        alone = own and not pooled and limit and not ended and not limiting  # one statement
-        _begin(driver, own=own, pooled=pooled, alone=bool(alone))
-        written = _send_outcomes(driver, claimer, successes, transitions, wake=limiting and freeing)
-        locks, claiming = (
-            _send_claim(driver, claimer, limit, locking=limiting, waited=waited) if limit else (None, None)
-        )
-        if own and not alone:
-            driver.execute("COMMIT")
+        alone = bool(own and not pooled and limit and not ended and not limiting)  # one statement
+        # A statement alone goes without a pipeline, whose sync and flush cost 60 µs of a pickup.
+        with contextlib.nullcontext() if alone else driver.pipeline():
+            _begin(driver, own=own, pooled=pooled, alone=alone)
+            written = _send_outcomes(driver, claimer, successes, transitions, wake=limiting and freeing)
+            locks, claiming = (
+                _send_claim(driver, claimer, limit, locking=limiting, waited=waited)
+                if limit
+                else (None, None)
+            )
+            if own and not alone:
+                driver.execute("COMMIT")
     owned = set().union(*(written_ids(cursor) for cursor in written))
     if locks is not None and contended is not None:
         contended.extend(_contended(locks, claimer))

@@ -74,7 +74,7 @@ def _plan_cost(plan: list[str]) -> float:
     return float(plan[0].split("cost=")[1].split("..")[1].split(" ")[0])
 
 
-@pytest.mark.parametrize("flow", ["unlimited", "limited"])
+@pytest.mark.parametrize("flow", ["unlimited", "flow control, no limit", "limited"])
 @pytest.mark.parametrize("limit", [10, 200])
 def test_the_claim_reads_the_index_in_order_and_is_never_compiled(
     filled: Engine, limit: int, flow: str
@@ -82,12 +82,17 @@ def test_the_claim_reads_the_index_in_order_and_is_never_compiled(
     """On any statistics: each range is read from runs_pending_idx in claim order (no bitmap or
     sequential scan of runs, no sort of the backlog), the plan is costed below jit_above_cost,
     and EXPLAIN ANALYZE shows no JIT compilation, on a server whose JIT is on or off; with flow
-    control on one of the pipelines (a cap, a rate and groups) as without."""
+    control on one of the pipelines (a cap, a rate and groups) as without, and in the claim
+    without flow control that a worker sends when no limit can apply."""
     first = next(iter(DEFAULTS))
     capped = {first: limits(concurrency=limit // 2, rate="100000/m", group_concurrency=2)}
     with filled.begin() as conn:
         plan = explain_claim(
-            conn, limit=limit, defaults=DEFAULTS, limits=capped if flow == "limited" else None
+            conn,
+            limit=limit,
+            defaults=DEFAULTS,
+            limits=capped if flow == "limited" else None,
+            flow_control=flow != "unlimited",
         )
     shown = "\n".join(plan)
     assert "Index Scan using runs_pending_idx" in shown, shown

@@ -106,6 +106,28 @@ def test_an_override_wins_over_the_code_and_limits_what_the_code_does_not(engine
     assert len(claim(engine, {"test.echo": limits(concurrency=3)})) == 2 + 4  # 3 echo in all, 4 noop
 
 
+def test_an_override_the_worker_has_not_seen_yet_gives_its_pipeline_no_room(engine: Engine) -> None:
+    """A worker without limits claims without flow control while it believes the limits table
+    empty (overrides=False, until its heartbeat looks again): an override set meanwhile holds
+    its pipelines back, never lets them run past it, and leaves the others alone."""
+    add(engine, 1)
+    add(engine, 3, "test.noop")
+
+    def unaware() -> list[str]:
+        with engine.begin() as conn:
+            _, claimed = queries.exchange(conn, worker_id="w", limit=10, defaults=DEFAULTS, overrides=False)
+        return sorted(run.pipeline for run in claimed)
+
+    assert unaware() == ["test.echo"] + ["test.noop"] * 3
+    add(engine, 3)
+    with engine.begin() as conn:
+        queries.set_limit(conn, "test.ec*", "test.ec%", limits(concurrency=5).as_claim(), "ops")
+    add(engine, 2, "test.noop")
+    assert unaware() == ["test.noop"] * 2  # the cap has room for four echo runs: not seen yet
+    assert running(engine) == 1
+    assert sorted(run.pipeline for run in claim(engine, {})) == ["test.echo"] * 3  # once seen
+
+
 def test_a_cancel_and_a_rescue_free_their_slots(engine: Engine) -> None:
     add(engine, 4)
     flow = {"test.echo": limits(concurrency=2)}

@@ -292,10 +292,15 @@ def test_a_claim_reads_nothing_of_other_pipelines(engine: Engine) -> None:
     ]
     defaults = {name: (3, 60.0) for name in ("test.noop", "test.echo", "test.paused", "test.sleep")}
     with engine.begin() as conn:
-        plan = "\n".join(explain_claim(conn, limit=10, defaults=defaults))
-        _, claimed = queries.exchange(conn, worker_id="w", limit=2, defaults=defaults)
-    assert [run.id for run in claimed] == [mine[1], mine[0]]
-    assert _runs_read_past(plan) == 0, plan  # one index in claim order for all read past 5,000
+        plans = [
+            "\n".join(explain_claim(conn, limit=10, defaults=defaults, flow_control=flow))
+            for flow in (False, True)
+        ]
+        _, claimed = queries.exchange(conn, worker_id="w", limit=2, defaults=defaults, overrides=False)
+        _, more = queries.exchange(conn, worker_id="w", limit=2, defaults=defaults)
+    assert [run.id for run in claimed + more] == [mine[1], mine[0], mine[2]]
+    for plan in plans:  # with flow control or without, as a worker claims
+        assert _runs_read_past(plan) == 0, plan  # one index in claim order for all read past 5,000
 
 
 def _runs_read_past(plan: str) -> int:
