@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from app import queries, registry
 from app.deadlines import DEADLINES
@@ -21,6 +20,8 @@ from app.durations import parse_duration
 from app.queries import NewRun
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from app.database import Database, KeptConnection
 
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -83,7 +84,7 @@ def enqueue(
     """
     run = new_run(pipeline, params, priority, delay, max_attempts, timeout, key, run_at, group)
     if connection is not None:
-        conn = connection.connection() if isinstance(connection, Session) else connection
+        conn = connection if isinstance(connection, Connection) else connection.connection()
         return queries.insert_run(conn, run)
     # One statement, committed on its own: no BEGIN and COMMIT round trips. insert_run's key
     # check needs no transaction (each statement sees what is committed when it starts).
@@ -115,7 +116,7 @@ def enqueue_many(
     if not batch:
         return []
     if connection is not None:
-        conn = connection.connection() if isinstance(connection, Session) else connection
+        conn = connection if isinstance(connection, Connection) else connection.connection()
         return queries.insert_runs(conn, batch)
     with default_engine().begin() as conn, _bounded(conn):
         return queries.insert_runs(conn, batch)
