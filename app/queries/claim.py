@@ -91,6 +91,11 @@ _ALLOWED = """
     )
 """
 
+# A run the claim may take, in the range of runs_pending_idx of pipeline allowed.name: pending and
+# due (``waited`` seconds ago, for a look at runs another worker was told of).
+_DUE_OF_ALLOWED = f"""status = {PENDING} AND run_at <= now() - make_interval(secs => %(waited)s)
+                      AND runs.pipeline = allowed.name"""
+
 # The runs chosen (CTE next) made this worker's, with their pipeline's defaults.
 _TAKE = f"""
     , claimed AS (
@@ -116,7 +121,7 @@ _CLAIM = single_line(
     _ALLOWED
     + f"""
     , limited AS MATERIALIZED (
-        SELECT e.*, %(prelocked)s AND e.name IN (
+        SELECT e.*, e.name IN (
                    SELECT jsonb_array_elements_text(CAST(NULLIF(current_setting('orbit.locked', true), '') AS jsonb))
                ) AS locked
         FROM (
@@ -147,8 +152,7 @@ _CLAIM = single_line(
                        CASE WHEN room.group_concurrency IS NULL OR run_group IS NULL THEN NULL
                             ELSE room.group_concurrency - {_GROUP_RUNNING} END AS group_room
                 FROM runs
-                WHERE status = {PENDING} AND run_at <= now() - make_interval(secs => %(waited)s)
-                  AND runs.pipeline = allowed.name
+                WHERE {_DUE_OF_ALLOWED}
                   AND (room.group_concurrency IS NULL OR run_group IS NULL
                        OR {_GROUP_RUNNING} < room.group_concurrency)
                 ORDER BY priority DESC, run_at, id
@@ -186,8 +190,7 @@ _CLAIM_UNLIMITED = single_line(
         SELECT candidate.id FROM allowed
         CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM runs
-            WHERE status = {PENDING} AND run_at <= now() - make_interval(secs => %(waited)s)
-              AND runs.pipeline = allowed.name
+            WHERE {_DUE_OF_ALLOWED}
             ORDER BY priority DESC, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -234,9 +237,9 @@ class Claimer:
             tuple(limited),
         )
 
-    def params(self, limit: int, *, prelocked: bool = True, waited: float = 0.0) -> dict[str, Any]:
-        """The claim's parameters; without ``prelocked`` (no lock statement before it) a limited
-        pipeline gets no room; with ``waited``, only runs due that many seconds ago are taken."""
+    def params(self, limit: int, *, waited: float = 0.0) -> dict[str, Any]:
+        """The parameters of the claim (and of its lock statement); with ``waited``, only runs due
+        that many seconds ago are taken."""
         return {
             "pipelines": list(self.pipelines),
             "limit": limit,
@@ -246,7 +249,6 @@ class Claimer:
             "limits": self.limits,
             "limited": list(self.limited),
             "lock_space": LOCK_SPACE,
-            "prelocked": prelocked,
             "waited": waited,
         }
 
@@ -309,7 +311,7 @@ def _send_claim(
 ) -> tuple[psycopg.Cursor[Any] | None, psycopg.Cursor[Any]]:
     """The lock statement and the claim when a limit may apply, else the claim without flow
     control; their cursors."""
-    params = claimer.params(limit, prelocked=locking, waited=waited)
+    params = claimer.params(limit, waited=waited)
     if not locking:
         return None, driver.execute(_CLAIM_UNLIMITED, params)
     return driver.execute(_LOCK_LIMITED, params), driver.execute(_CLAIM, params)
@@ -363,7 +365,8 @@ def exchange(
     connection in autocommit and outside a transaction (the worker's kept one) the turn is its own
     transaction; otherwise it is part of the caller's. ``claimer``: the worker's (else made from
     ``worker_id``, ``defaults``, ``version`` and ``limits``). Flow control's statements (the locks
-    before the claim, the wake-up when room frees) are sent only when a limit may apply: one of
+    before the claim, the claim's own part, the wake-up when room frees) are sent only when a
+    limit may apply: one of
     ``limits``, or an override (``overrides``: whether the limits table may have any, as the
     worker last read it); the wake-up only when an outcome may free room (``freeing``: the
     caller may know that none is of a limited pipeline). ``pooled``: the connection's session may
