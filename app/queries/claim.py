@@ -23,7 +23,7 @@ from app.queries.common import (
     on_driver,
     single_line,
 )
-from app.queries.limits import LIMITS_IN_FORCE, running_of, starts_within
+from app.queries.limits import LIMITS_IN_FORCE, latest_start, running_of, starts_within
 from app.queries.outcomes import (
     WAKE_FOR_ROOM,
     Success,
@@ -36,8 +36,8 @@ from app.queries.outcomes import (
 # A ClaimedRun's fields, in order, from a row of runs (or of the claim's RETURNING).
 _CLAIMED_RUN = """
     SELECT id, pipeline, params::text AS params_json, attempt, max_attempts,
-           EXTRACT(EPOCH FROM timeout)::double precision AS timeout_s,
-           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::double precision AS waited_s
+           EXTRACT(EPOCH FROM timeout)::float8 AS timeout_s,
+           GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::float8 AS waited_s
 """
 
 # A claim reads each of the worker's pipelines in its own range of runs_pending_idx (pipeline,
@@ -54,8 +54,9 @@ _CLAIMED_RUN = """
 # effective values.
 #
 # Flow control (app.limits). A limited pipeline's range is read up to its room: its concurrency
-# less its running runs, its rate's count less the starts in the window (run_starts), whichever
-# is smaller; within it, a run of a group is passed over while its group is full, and at most the
+# less its running runs, its rate's count less the starts in the window (run_starts, whose
+# running totals count them in two index probes: app.queries.limits), whichever is smaller;
+# within it, a run of a group is passed over while its group is full, and at most the
 # group's room of each group is kept. The counts are exact because one claimer at a time counts
 # for a pipeline: each claim first tries a transaction lock per limited pipeline (_LOCK_LIMITED,
 # a statement of its own, so that the claim's snapshot is taken once the lock is held and sees
@@ -64,17 +65,18 @@ _CLAIMED_RUN = """
 # locks were taken. The statement names the pipelines it locked in the transaction's setting
 # orbit.locked, which the claim reads. The lock is tried, not waited for: a claim waiting its
 # turn for a capped pipeline held up the claims of every other pipeline of its worker (a drain
-# beside a capped backlog ran at 71 % of the drain alone, 20,000 runs a second). Counting running rows, rather than keeping
-# counters, means every way out of running (an outcome, a rescue, a cancel, a refund, an UPDATE
+# beside a capped backlog ran at 71 % of the drain alone, 20,000 runs a second). Counting
+# running rows, rather than keeping counters, means every way out of running (an outcome, a rescue, a cancel, a refund, an UPDATE
 # in SQL) frees its slot with no bookkeeping, and the count reads at most the cap's rows of
 # runs_running_pipeline_idx. A crashed worker's runs stay running until rescued, so they count
-# against the cap meanwhile.
+# against the cap meanwhile. The claim's text is kept under psycopg's 4,096 characters
+# (single_line), hence its terse casts.
 # Overrides (the limits table) win over the code's values field by field, the latest first.
 LOCK_SPACE = 7270187  # pg_advisory_xact_lock(LOCK_SPACE, hashtext(pipeline))
 
 _LOCK_LIMITED = """
     SELECT set_config('orbit.locked', COALESCE(json_agg(name)::text, '[]'), true) FROM (
-        SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
+        SELECT name FROM unnest(%(pipelines)s::text[]) AS name
         WHERE CASE WHEN name = ANY(CAST(%(limited)s AS text[]))  -- the lock tried for limited ones only
                          OR EXISTS (SELECT 1 FROM limits o WHERE name LIKE o.like_pattern)
                    THEN pg_try_advisory_xact_lock(%(lock_space)s, hashtext(name)) ELSE false END
@@ -86,7 +88,7 @@ _GROUP_RUNNING = running_of("allowed.name", "runs.run_group")
 # The worker's pipelines, less the paused ones.
 _ALLOWED = """
     WITH allowed AS MATERIALIZED (
-        SELECT name FROM unnest(CAST(%(pipelines)s AS text[])) AS name
+        SELECT name FROM unnest(%(pipelines)s::text[]) AS name
         WHERE NOT EXISTS (SELECT 1 FROM pauses p WHERE name LIKE p.like_pattern)
     )
 """
@@ -102,8 +104,8 @@ _TAKE = f"""
         UPDATE runs r
         SET status = {RUNNING}, attempt = r.attempt + 1, worker_id = %(worker_id)s,
             started_at = now(), heartbeat_at = now(), finished_at = NULL, code_version = %(version)s,
-            max_attempts = COALESCE(r.max_attempts, CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'max_attempts'] AS int)),
-            timeout = COALESCE(r.timeout, make_interval(secs => CAST(CAST(%(defaults)s AS jsonb) #>> ARRAY[r.pipeline, 'timeout_s'] AS double precision)))
+            max_attempts = COALESCE(r.max_attempts, (%(defaults)s::jsonb #>> ARRAY[r.pipeline, 'max_attempts'])::int),
+            timeout = COALESCE(r.timeout, make_interval(secs => (%(defaults)s::jsonb #>> ARRAY[r.pipeline, 'timeout_s'])::float8))
         WHERE r.id = ANY(ARRAY(SELECT id FROM next))
         RETURNING r.id, r.pipeline, r.params, r.attempt, r.max_attempts, r.timeout, r.priority, r.run_at
     )
@@ -121,56 +123,53 @@ _CLAIM = single_line(
     _ALLOWED
     + f"""
     , limited AS MATERIALIZED (
-        SELECT e.*, e.name IN (
-                   SELECT jsonb_array_elements_text(CAST(NULLIF(current_setting('orbit.locked', true), '') AS jsonb))
-               ) AS locked
+        SELECT e.*, COALESCE(NULLIF(current_setting('orbit.locked', true), ''), '[]')::jsonb ? e.name AS locked
         FROM (
             SELECT a.name, {LIMITS_IN_FORCE}
             FROM allowed a
-            CROSS JOIN LATERAL (SELECT CAST(%(limits)s AS jsonb) -> a.name AS v) AS code
+            CROSS JOIN LATERAL (SELECT %(limits)s::jsonb -> a.name AS v) AS code
         ) AS e
-        WHERE e.concurrency IS NOT NULL OR e.group_concurrency IS NOT NULL OR e.rate_count IS NOT NULL
+        WHERE num_nonnulls(e.concurrency, e.group_concurrency, e.rate_count) > 0
     )
     , room AS MATERIALIZED (
-        SELECT name, group_concurrency,
-               CASE WHEN NOT locked THEN 0 WHEN free IS NULL THEN NULL ELSE GREATEST(free, 0) END AS room
+        SELECT name, group_concurrency, rate_count, latest.started_at, latest.total,
+               CASE WHEN locked THEN GREATEST(0, LEAST(  -- LEAST passes over the limits not set
+                   %(limit)s,
+                   concurrency - {running_of("l.name")},
+                   rate_count - {starts_within("latest", "l.rate_seconds", "statement_timestamp()")}
+               )) ELSE 0 END AS room
         FROM limited l
-        CROSS JOIN LATERAL (SELECT LEAST(  -- NULL when only groups are limited
-            concurrency - {running_of("l.name")},
-            rate_count - {starts_within("l.name", "l.rate_seconds", "statement_timestamp()")}
-        ) AS free) AS f
+        LEFT JOIN LATERAL {latest_start("l.name")} AS latest ON l.rate_count IS NOT NULL
     )
     , next AS (
-        SELECT ranked.id FROM (
+        SELECT id FROM (
             SELECT candidate.*, row_number() OVER (
-                       PARTITION BY allowed.name, candidate.run_group
-                       ORDER BY candidate.priority DESC, candidate.run_at, candidate.id) AS nth
+                       PARTITION BY allowed.name, run_group ORDER BY priority DESC, run_at, id) AS nth
             FROM allowed
             LEFT JOIN room ON room.name = allowed.name
             CROSS JOIN LATERAL (
-                SELECT id, priority, run_at, run_group,
-                       CASE WHEN room.group_concurrency IS NULL OR run_group IS NULL THEN NULL
-                            ELSE room.group_concurrency - {_GROUP_RUNNING} END AS group_room
+                SELECT id, priority, run_at, run_group, g.room AS group_room
                 FROM runs
-                WHERE {_DUE_OF_ALLOWED}
-                  AND (room.group_concurrency IS NULL OR run_group IS NULL
-                       OR {_GROUP_RUNNING} < room.group_concurrency)
+                CROSS JOIN LATERAL (SELECT CASE WHEN room.group_concurrency IS NULL OR run_group IS NULL THEN NULL
+                                                ELSE room.group_concurrency - {_GROUP_RUNNING} END AS room) AS g
+                WHERE {_DUE_OF_ALLOWED} AND (g.room IS NULL OR g.room > 0)
                 ORDER BY priority DESC, run_at, id
-                LIMIT LEAST(%(limit)s, COALESCE(room.room, %(limit)s))
-                FOR UPDATE SKIP LOCKED
+                LIMIT COALESCE(room.room, %(limit)s)  -- no room row: not limited
+                FOR UPDATE OF runs SKIP LOCKED
             ) AS candidate
         ) AS ranked
-        WHERE ranked.group_room IS NULL OR ranked.nth <= ranked.group_room
-        ORDER BY ranked.priority DESC, ranked.run_at, ranked.id
+        WHERE group_room IS NULL OR nth <= group_room
+        ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
     )
 """
     + _TAKE
     + """
-    , started AS (
-        INSERT INTO run_starts (pipeline, started_at)
-        SELECT c.pipeline, statement_timestamp() FROM claimed c
-        WHERE c.pipeline IN (SELECT name FROM limited WHERE rate_count IS NOT NULL)
+    , started AS (  -- under the pipeline's lock, after its latest row (app.queries.limits)
+        INSERT INTO run_starts (pipeline, started_at, starts, total)
+        SELECT c.pipeline, GREATEST(statement_timestamp(), room.started_at), count(*), COALESCE(room.total, 0) + count(*)
+        FROM claimed c JOIN room ON room.name = c.pipeline AND room.rate_count IS NOT NULL
+        GROUP BY c.pipeline, room.started_at, room.total
     )
 """
     + _RETURNED

@@ -15,7 +15,7 @@ from app.queries.common import (
     SUCCEEDED,
 )
 from app.queries.fleet import INTERRUPTED_WHERE
-from app.queries.limits import LIMITS_IN_FORCE, running_of, starts_within
+from app.queries.limits import LIMITS_IN_FORCE, latest_start, running_of, starts_within
 
 # Only live rows are read (both partial indexes cover them), so the cost does not grow with
 # history; pending counts runs that are due, not those scheduled for later.
@@ -68,8 +68,9 @@ _HELD_BY_LIMITS = f"""
                 ORDER BY w.heartbeat_at DESC LIMIT 1) AS v
     ) AS code
     CROSS JOIN LATERAL (SELECT {LIMITS_IN_FORCE}) AS e
+    LEFT JOIN LATERAL {latest_start("a.name")} AS latest ON e.rate_count IS NOT NULL
     WHERE {running_of("a.name")} >= e.concurrency
-       OR {starts_within("a.name", "e.rate_seconds", "now()")} >= e.rate_count
+       OR {starts_within("latest", "e.rate_seconds", "now()")} >= e.rate_count
        OR (a.run_group IS NOT NULL AND {running_of("a.name", "a.run_group")} >= e.group_concurrency)
 """
 

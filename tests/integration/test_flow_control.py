@@ -94,6 +94,49 @@ def test_a_rate_counts_starts_in_its_window_even_after_they_finish(engine: Engin
     assert len(claim(engine, flow)) == 2
 
 
+def test_a_rate_counts_only_the_claims_inside_its_window(engine: Engine) -> None:
+    """run_starts keeps a row per claim with a running total: the count is the latest total less
+    the total before the window's first row, whatever the rows before it."""
+    add(engine, 12)
+    flow = {"test.echo": limits(rate="5/h")}
+    assert len(claim(engine, flow, limit=2)) == 2
+    _age_starts(engine, minutes=61)  # out of the window
+    assert len(claim(engine, flow, limit=1)) == 1
+    _age_starts(engine, minutes=30)  # the first out, the second 30 minutes old
+    assert len(claim(engine, flow, limit=3)) == 3
+    assert len(claim(engine, flow, limit=10)) == 1  # 1 + 3 in the window
+    _age_starts(engine, minutes=31)  # the single start leaves the window, the three stay
+    assert len(claim(engine, flow, limit=10)) == 1
+    assert _starts(engine) == [(2, 2), (1, 3), (3, 6), (1, 7), (1, 8)]
+
+
+def test_a_clock_gone_back_never_dates_a_start_before_the_previous_one(engine: Engine) -> None:
+    add(engine, 4)
+    flow = {"test.echo": limits(rate="3/h")}
+    assert len(claim(engine, flow, limit=1)) == 1
+    with engine.begin() as conn:  # as if the server's clock had since been set back 10 minutes
+        conn.execute(text("UPDATE run_starts SET started_at = started_at + interval '10 minutes'"))
+    assert len(claim(engine, flow, limit=1)) == 1
+    with engine.connect() as conn:
+        times = conn.execute(text("SELECT started_at FROM run_starts ORDER BY total")).scalars().all()
+    assert times[0] == times[1]
+    assert len(claim(engine, flow, limit=10)) == 1
+
+
+def _age_starts(engine: Engine, minutes: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE run_starts SET started_at = started_at - make_interval(mins => :m)"), {"m": minutes}
+        )
+
+
+def _starts(engine: Engine) -> list[tuple[int, int]]:
+    """run_starts' rows in time order: (starts, total)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT starts, total FROM run_starts ORDER BY started_at, total")).all()
+    return [(starts, total) for starts, total in rows]
+
+
 def test_an_override_wins_over_the_code_and_limits_what_the_code_does_not(engine: Engine) -> None:
     add(engine, 5)
     add(engine, 5, "test.noop")
@@ -234,3 +277,52 @@ def test_random_caps_groups_and_claimers_never_pass_a_cap(
             ).all()
         assert sum(n for _, n in counts) <= cap
         assert all(n <= group_cap for group, n in counts if group is not None)
+
+
+def test_concurrent_claimers_never_pass_a_rate(engine: Engine) -> None:
+    """Eight threads claim under a rate of 30 an hour from 200 runs: exactly 30 start."""
+    add(engine, 200)
+    flow = {"test.echo": limits(rate="30/h")}
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            for _ in range(20):
+                claim(engine, flow, limit=3, worker=name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert running(engine) == 30
+    assert _starts(engine)[-1][1] == 30
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    count=st.integers(1, 6),
+    steps=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 40)), min_size=1, max_size=12),
+)
+def test_random_claims_and_time_under_a_rate_claim_exactly_its_room(
+    engine: Engine, count: int, steps: list[tuple[int, int]]
+) -> None:
+    """Claims of random sizes, with random time passing between them (every start made that many
+    minutes older), under a rate of ``count`` an hour: each claim takes exactly the room the starts
+    of the last hour leave, counted here from the runs' own start times."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE runs, run_starts RESTART IDENTITY CASCADE"))
+        for _ in range(40):
+            enqueue("test.echo", {}, connection=conn)
+    flow = {"test.echo": limits(rate=f"{count}/h")}
+    starts: list[float] = []  # minutes ago, from the claims
+    for limit, minutes in steps:
+        starts = [ago + minutes for ago in starts]
+        _age_starts(engine, minutes)
+        room = count - sum(1 for ago in starts if ago < 60)
+        claimed = claim(engine, flow, limit=limit)
+        assert len(claimed) == min(limit, max(room, 0), 40 - len(starts))
+        starts += [0.0] * len(claimed)

@@ -91,6 +91,29 @@ def test_a_backlog_a_limit_holds_is_said_apart_and_does_not_warn(
     assert loose.as_json()["waitingOnLimits"] == 0
 
 
+def test_a_backlog_held_by_a_rate_is_said_apart_until_its_window_passes(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    worker_row(engine, "w1")
+    with engine.begin() as conn:  # 2 an hour, both started 10 minutes ago in one claim
+        conn.execute(
+            text("UPDATE workers SET limits = CAST(:limits AS jsonb) WHERE id = 'w1'"),
+            {"limits": json.dumps({"test.noop": limits(rate="2/h").as_claim()})},
+        )
+        conn.execute(
+            text("""INSERT INTO run_starts (pipeline, started_at, starts, total)
+                    VALUES ('test.noop', now() - interval '70 minutes', 5, 5),
+                           ('test.noop', now() - interval '10 minutes', 2, 7)""")
+        )
+    for _ in range(3):
+        pending_run(engine, "test.noop", due_ago=120)
+    settings = make_settings(HEALTH_BACKLOG=2, HEALTH_BACKLOG_FOR="1m")
+    assert _check(engine, settings).as_json()["waitingOnLimits"] == 3
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE run_starts SET started_at = started_at - interval '1 hour'"))
+    assert _check(engine, settings).as_json()["waitingOnLimits"] == 0
+
+
 def test_runs_no_live_worker_can_run_warn(engine: Engine, make_settings: Callable[..., Settings]) -> None:
     """Runs waiting past HEALTH_BACKLOG_FOR for a pipeline that no live worker loads warn, by name;
     a pipeline only a silent or stopped worker runs counts as unserved, a paused one does not."""

@@ -53,6 +53,28 @@ def test_downgrade_to_0001_drops_only_the_operations_tables(blank: Scratch) -> N
     engine.dispose()
 
 
+def test_the_starts_of_rated_pipelines_survive_their_conversion_both_ways(blank: Scratch) -> None:
+    """0011 turns a row per start into a row per claim time with running totals, and back."""
+    migrate(blank.direct_url, "0010_wake_one")
+    engine = make_engine(blank.direct_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("""INSERT INTO run_starts (pipeline, started_at) VALUES
+                    ('a', '2026-01-01 10:00+00'), ('a', '2026-01-01 10:00+00'), ('b', '2026-01-01 10:00+00'),
+                    ('a', '2026-01-01 10:05+00')""")
+        )
+    migrate(blank.direct_url)
+    listed = "SELECT pipeline, EXTRACT(MINUTE FROM started_at)::int, {} FROM run_starts ORDER BY 1, 2"
+    with engine.connect() as conn:
+        rows = conn.execute(text(listed.format("starts, total"))).all()
+    assert [tuple(row) for row in rows] == [("a", 0, 2, 2), ("a", 5, 1, 3), ("b", 0, 1, 1)]
+    downgrade(blank.direct_url, "0010_wake_one")
+    with engine.connect() as conn:
+        rows = conn.execute(text(listed.format("1"))).all()
+    assert [tuple(row) for row in rows] == [("a", 0, 1), ("a", 0, 1), ("a", 5, 1), ("b", 0, 1)]
+    engine.dispose()
+
+
 def test_a_schema_behind_the_code_is_refused_with_a_hint(blank: Scratch) -> None:
     """check_schema names `orbit migrate` when the database is not migrated."""
     engine = make_engine(blank.url)
