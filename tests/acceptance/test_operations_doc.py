@@ -173,7 +173,7 @@ def release_db(server: TestServer) -> Iterator[Scratch]:
 
 
 def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str, str]) -> None:
-    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0010)."""
+    """drain, migrate, unpause; then drain and alembic downgrade -1 undoes the latest migration (0011)."""
     env = {**worker_env, **release_db.env()}
     migrate(release_db.direct_url)
     drain, upgrade, unpause = _section("Deploy")
@@ -190,9 +190,10 @@ def test_schema_deploy_then_roll_back(release_db: Scratch, worker_env: dict[str,
         _ok(downgrade, env)
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "run_steps", "workers", "pauses", "schedules"} <= tables
-        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0009_worker_memory",)]
-        assert "memory" in {column["name"] for column in inspect(engine).get_columns("workers")}
+        assert _rows(engine, "SELECT version_num FROM alembic_version") == [("0010_wake_one",)]
+        starts = {column["name"] for column in inspect(engine).get_columns("run_starts")}
+        assert starts == {"pipeline", "started_at"}  # a row per start again
         trigger = "SELECT prosrc FROM pg_proc WHERE proname = 'orbit_notify_runs'"
-        assert "inserted" not in _rows(engine, trigger)[0][0]  # new runs notified without naming them
+        assert "inserted" in _rows(engine, trigger)[0][0]  # 0010 kept: new runs named
     finally:
         engine.dispose()
