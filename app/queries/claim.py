@@ -9,6 +9,7 @@ import json.encoder
 import weakref
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import psycopg
@@ -22,6 +23,7 @@ from app.queries.common import (
     RUNS_CHANNEL,
     on_driver,
     single_line,
+    text_array,
 )
 from app.queries.limits import LIMITS_IN_FORCE, latest_start, running_of, starts_within
 from app.queries.outcomes import (
@@ -236,20 +238,28 @@ class Claimer:
             tuple(limited),
         )
 
-    def params(self, limit: int, *, waited: float = 0.0) -> dict[str, Any]:
-        """The parameters of the claim (and of its lock statement); with ``waited``, only runs due
-        that many seconds ago are taken."""
+    @cached_property
+    def _fixed(self) -> dict[str, Any]:
+        # Encoded once: what every claim of this worker sends alike (see text_array).
         return {
-            "pipelines": list(self.pipelines),
-            "limit": limit,
+            "pipelines": text_array(self.pipelines),
             "worker_id": self.worker_id,
             "defaults": self.defaults,
             "version": self.version,
             "limits": self.limits,
-            "limited": list(self.limited),
+            "limited": self.limited_array,
             "lock_space": LOCK_SPACE,
-            "waited": waited,
         }
+
+    @cached_property
+    def limited_array(self) -> str:
+        """The limited pipelines as a ``text[]`` parameter."""
+        return text_array(self.limited)
+
+    def params(self, limit: int, *, waited: float = 0.0) -> dict[str, Any]:
+        """The parameters of the claim (and of its lock statement); with ``waited``, only runs due
+        that many seconds ago are taken."""
+        return {**self._fixed, "limit": limit, "waited": waited}
 
 
 def _claim_params(
@@ -423,7 +433,7 @@ def _send_outcomes(
     written += [send_transition(driver, claimer.worker_id, t) for t in transitions]
     ended = [s.id for s in successes] + [t.id for t in transitions]
     if ended and wake:
-        params = {"ids": ended, "limited": list(claimer.limited), "channel": RUNS_CHANNEL}
+        params = {"ids": ended, "limited": claimer.limited_array, "channel": RUNS_CHANNEL}
         driver.execute(WAKE_FOR_ROOM, params)
     return written
 

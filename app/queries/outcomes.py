@@ -126,6 +126,6 @@ WAKE_FOR_ROOM = """
     SELECT pg_notify(%(channel)s, '')
     WHERE (cardinality(CAST(%(limited)s AS text[])) > 0 OR EXISTS (SELECT 1 FROM limits))
       AND EXISTS (SELECT 1 FROM runs r WHERE r.id = ANY(%(ids)s)
-                  AND (r.pipeline = ANY(%(limited)s)
+                  AND (r.pipeline = ANY(CAST(%(limited)s AS text[]))
                        OR EXISTS (SELECT 1 FROM limits o WHERE r.pipeline LIKE o.like_pattern)))
 """

@@ -27,6 +27,12 @@ _INSERT_RUN = f"""
     RETURNING id
 """
 
+# A run that asks for nothing but its pipeline and params (most do): the table's defaults are what
+# it asks for, and two parameters cost less to send than nine (about 70 µs of an enqueue on a
+# process that had been idle: psycopg adapts each one at every execution).
+_INSERT_PLAIN_RUN = "INSERT INTO runs (pipeline, params) VALUES (%s, CAST(%s AS jsonb)) RETURNING id"
+_ASKS_NOTHING = (0, 0.0, None, None, None, None)  # NewRun's priority .. key, as left
+
 _LIVE_RUN_BY_KEY = f"""
     SELECT id FROM runs WHERE key = %(key)s AND status IN {LIVE_SQL}
 """
@@ -78,6 +84,11 @@ def insert_run(conn: Connection, run: NewRun) -> int:
 
 def insert_run_once(conn: Connection, run: NewRun) -> tuple[int, bool]:
     """As :func:`insert_run`, and whether this call inserted it (False: a live run has its key)."""
+    if run[2:8] == _ASKS_NOTHING and run.group is None:
+        with on_driver(conn) as driver:
+            inserted = driver.execute(_INSERT_PLAIN_RUN, (run.pipeline, run.encoded_params)).fetchone()
+        assert inserted is not None
+        return int(inserted[0]), True
     values = {
         "pipeline": run.pipeline,
         "params": run.encoded_params,
