@@ -6,7 +6,8 @@ claim at 10,000 starts a second, a third of the claim's time, measured on Postgr
 
 The claim writes a row under the pipeline's lock, with a time never before the previous row's, so
 times and totals rise together (app.queries.limits). Existing starts are converted, one row per
-pipeline and time.
+pipeline and time, in the table itself: its owner and the grants deploy/roles.sql gave on it stay,
+so workers of either version keep claiming between the migration and the roles' next run.
 
 Revision ID: 0011_start_totals
 Revises: 0010_wake_one
@@ -22,23 +23,20 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("ALTER TABLE run_starts RENAME TO run_starts_old")
-    op.execute("ALTER INDEX run_starts_idx RENAME TO run_starts_old_idx")
+    op.execute("ALTER TABLE run_starts ADD COLUMN starts int, ADD COLUMN total bigint")
+    # One statement, one snapshot: the DELETE returns the rows of a start each, the INSERT writes
+    # their totals, and neither sees the other's rows.
     op.execute("""
-        CREATE TABLE run_starts (
-            pipeline    text        NOT NULL,
-            started_at  timestamptz NOT NULL,
-            starts      int         NOT NULL CHECK (starts > 0),
-            total       bigint      NOT NULL
-        )
-    """)
-    op.execute("""
+        WITH old AS (DELETE FROM run_starts RETURNING pipeline, started_at)
         INSERT INTO run_starts (pipeline, started_at, starts, total)
-        SELECT pipeline, started_at, count(*),
-               sum(count(*)) OVER (PARTITION BY pipeline ORDER BY started_at)
-        FROM run_starts_old GROUP BY pipeline, started_at
+        SELECT pipeline, started_at, count(*), sum(count(*)) OVER (PARTITION BY pipeline ORDER BY started_at)
+        FROM old GROUP BY pipeline, started_at
     """)
-    op.execute("DROP TABLE run_starts_old")
+    op.execute("""
+        ALTER TABLE run_starts ALTER COLUMN starts SET NOT NULL, ALTER COLUMN total SET NOT NULL,
+            ADD CONSTRAINT run_starts_starts_check CHECK (starts > 0)
+    """)
+    op.execute("DROP INDEX run_starts_idx")
     op.execute("CREATE INDEX run_starts_idx ON run_starts (pipeline, started_at, total)")
     op.execute("""
         COMMENT ON TABLE run_starts IS
@@ -47,13 +45,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE run_starts RENAME TO run_starts_new")
-    op.execute("ALTER INDEX run_starts_idx RENAME TO run_starts_new_idx")
-    op.execute("CREATE TABLE run_starts (pipeline text NOT NULL, started_at timestamptz NOT NULL)")
+    op.execute("DROP INDEX run_starts_idx")  # before its column goes, which would take it along
     op.execute("""
-        INSERT INTO run_starts (pipeline, started_at)
-        SELECT pipeline, started_at FROM run_starts_new, generate_series(1, starts)
+        ALTER TABLE run_starts DROP CONSTRAINT run_starts_starts_check,
+            ALTER COLUMN starts DROP NOT NULL, ALTER COLUMN total DROP NOT NULL
     """)
-    op.execute("DROP TABLE run_starts_new")
+    op.execute("""
+        WITH new AS (DELETE FROM run_starts RETURNING pipeline, started_at, starts)
+        INSERT INTO run_starts (pipeline, started_at)
+        SELECT pipeline, started_at FROM new, generate_series(1, starts)
+    """)
+    op.execute("ALTER TABLE run_starts DROP COLUMN starts, DROP COLUMN total")
     op.execute("CREATE INDEX run_starts_idx ON run_starts (pipeline, started_at)")
     op.execute("COMMENT ON TABLE run_starts IS 'Orbit: when runs of rate-limited pipelines started'")

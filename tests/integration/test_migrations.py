@@ -53,11 +53,28 @@ def test_downgrade_to_0001_drops_only_the_operations_tables(blank: Scratch) -> N
     engine.dispose()
 
 
+GRANTEE = "orbit_test_starts_writer"  # a role of this test's own (roles belong to the whole server)
+
+
+def _grants_stayed(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        allowed = conn.execute(
+            text(f"""SELECT has_table_privilege('{GRANTEE}', 'run_starts', 'INSERT')
+                            AND has_table_privilege('{GRANTEE}', 'run_starts', 'DELETE')""")
+        ).scalar_one()
+    return bool(allowed)
+
+
 def test_the_starts_of_rated_pipelines_survive_their_conversion_both_ways(blank: Scratch) -> None:
-    """0011 turns a row per start into a row per claim time with running totals, and back."""
+    """0011 turns a row per start into a row per claim time with running totals, and back, in the
+    table itself: what deploy/roles.sql granted on it stays."""
     migrate(blank.direct_url, "0010_wake_one")
     engine = make_engine(blank.direct_url)
     with engine.begin() as conn:
+        conn.execute(
+            text(f"DO $$ BEGIN CREATE ROLE {GRANTEE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        )
+        conn.execute(text(f"GRANT INSERT, DELETE ON run_starts TO {GRANTEE}"))
         conn.execute(
             text("""INSERT INTO run_starts (pipeline, started_at) VALUES
                     ('a', '2026-01-01 10:00+00'), ('a', '2026-01-01 10:00+00'), ('b', '2026-01-01 10:00+00'),
@@ -68,10 +85,12 @@ def test_the_starts_of_rated_pipelines_survive_their_conversion_both_ways(blank:
     with engine.connect() as conn:
         rows = conn.execute(text(listed.format("starts, total"))).all()
     assert [tuple(row) for row in rows] == [("a", 0, 2, 2), ("a", 5, 1, 3), ("b", 0, 1, 1)]
+    assert _grants_stayed(engine)
     downgrade(blank.direct_url, "0010_wake_one")
     with engine.connect() as conn:
         rows = conn.execute(text(listed.format("1"))).all()
     assert [tuple(row) for row in rows] == [("a", 0, 1), ("a", 0, 1), ("a", 5, 1), ("b", 0, 1)]
+    assert _grants_stayed(engine)
     engine.dispose()
 
 
