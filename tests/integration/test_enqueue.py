@@ -57,6 +57,22 @@ def test_enqueue_in_a_session_commits_with_it(engine: Engine) -> None:
     assert run.run_at > run.created_at
 
 
+def test_a_run_that_asks_for_nothing_is_stored_as_one_asking_for_every_default(engine: Engine) -> None:
+    """Such a run goes in by a shorter INSERT that leaves its columns to the table: the row is the
+    one the full INSERT writes for the same run (a key taking it the full way, then cleared)."""
+    columns = "status, priority, attempt, max_attempts, timeout, run_group, params, run_at = created_at"
+    with engine.begin() as conn:
+        plain = enqueue("test.noop", {"a": 1}, connection=conn)
+        full = enqueue(
+            "test.noop", {"a": 1}, key="takes-the-full-insert", priority=0, delay=0, connection=conn
+        )
+        conn.execute(text("UPDATE runs SET key = NULL WHERE id = :id"), {"id": full})
+        rows = conn.execute(text(f"SELECT {columns} FROM runs WHERE id IN (:a, :b)"), {"a": plain, "b": full})
+        stored = [tuple(row) for row in rows]
+    assert len(stored) == 2 and stored[0] == stored[1]
+    assert stored[0] == ("pending", 0, 0, None, None, None, {"a": 1}, True)
+
+
 BAD_RUNS = [
     ("no.such.pipeline", {}, "unknown pipeline"),
     ("test.noop", [1, 2], "JSON object"),
