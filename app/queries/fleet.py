@@ -46,8 +46,6 @@ _REGISTERED_WORKER = text("""
     FROM workers WHERE id = :id
 """)
 
-_WORKER_HEARTBEAT = text("UPDATE workers SET heartbeat_at = now() WHERE id = :worker_id")
-
 # The runs a worker holds, still its own, beat; the ids of those that are come back.
 _RUNS_BEAT = f"""
     UPDATE runs r SET heartbeat_at = now()
@@ -128,9 +126,12 @@ def beat(conn: Connection, worker_id: str, held: dict[int, int], memory: str | N
 
 
 def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
-    """Beat for the worker and every run it holds (a run's own heartbeat, ctx.heartbeat);
-    returns the runs still ours."""
-    conn.execute(_WORKER_HEARTBEAT, {"worker_id": worker_id})
+    """A run's own heartbeat (ctx.heartbeat, from its executor): the runs of ``held`` still
+    ``worker_id``'s beat; returns them. The worker's row is left to the worker's own heartbeat.
+    When the executor wrote it too, it took the two rows in the order opposite to the worker's
+    heartbeat statement (app.queries.fleet._BEAT, whose sub-statements run in an order of
+    PostgreSQL's choosing): the two deadlocked now and then, and a second of lock waits was
+    enough for a run to look stale. It also kept a frozen worker's row alive."""
     if not held:
         return set()
     rows = conn.execute(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from app import enqueue, queries, recovery
 from app.settings import Settings
 from app.states import RunStatus
-from tests.support.runs import executions, fetch_run
+from tests.support.runs import executions, fetch_run, running_run, worker_row
 from tests.support.waiting import wait_until
 from tests.support.workers import error_kinds, run_burst
 
@@ -61,6 +62,38 @@ def test_ctx_heartbeat_records_that_the_run_is_alive(
     run = fetch_run(engine, run_id)
     assert run.status == RunStatus.SUCCEEDED
     assert (run.heartbeat_at - run.started_at).total_seconds() >= 0.3
+
+
+def test_a_runs_heartbeat_never_waits_for_the_workers_row(engine: Engine) -> None:
+    """The worker's heartbeat holds its run's row, then wants its own row; a run's heartbeat
+    meanwhile (ctx.heartbeat, in its executor) must not hold the worker's row and wait for the
+    run's: that cycle was a deadlock (a second of waits, then one of them failed)."""
+    worker_row(engine, "w")
+    run_id = running_run(engine, "test.noop", "w")
+    beating: list[object] = []
+    with engine.connect() as worker:
+        worker.execute(text("UPDATE runs SET heartbeat_at = now() WHERE id = :id"), {"id": run_id})
+
+        def executor_beats() -> None:
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+                beating.append(queries.heartbeat(conn, "w", {run_id: 1}))
+
+        executor = threading.Thread(target=executor_beats)
+        executor.start()
+        wait_until(lambda: _waiting_on_a_lock(engine), 10, "the run's heartbeat to wait for the run")
+        worker.execute(text("SET LOCAL lock_timeout = '5s'"))
+        worker.execute(text("UPDATE workers SET heartbeat_at = now() WHERE id = 'w'"))
+        worker.commit()
+    executor.join(timeout=15)
+    assert beating == [{run_id}]
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = """SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND datname = current_database()"""
+        return bool(conn.execute(text(waiting)).scalar_one())
 
 
 def test_a_step_returns_the_same_value_on_every_attempt(
