@@ -91,7 +91,7 @@ def enqueue(
     kept = _kept()
     conn = kept.get()
     try:
-        with _bounded(conn):
+        with DEADLINES.bound(kept.socket, default_database().deadline):
             return queries.insert_run(conn, run)
     except SQLAlchemyError:
         kept.drop()

@@ -106,7 +106,7 @@ class Inserter:
             kept = self._local.kept = KeptConnection(self._engine)
         conn = kept.get()
         try:
-            with DEADLINES.bound(conn.connection.driver_connection.fileno(), self._deadline):  # type: ignore[union-attr]
+            with DEADLINES.bound(kept.socket, self._deadline):
                 return write(conn)
         except SQLAlchemyError:
             kept.drop()

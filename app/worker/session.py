@@ -73,7 +73,7 @@ class Session:
         conn = self._conn.get()
         # The whole action has a deadline: a database that stops answering must not hold the
         # loop (its outcomes, heartbeats and signals) for longer than that.
-        with DEADLINES.bound(_socket(conn), self.deadline()):
+        with DEADLINES.bound(self._conn.socket, self.deadline()):
             if not atomic:
                 return action(conn)
             conn.exec_driver_sql("BEGIN")
@@ -95,7 +95,3 @@ class Session:
     def close(self) -> None:
         self._conn.drop()
         self.engine.dispose()
-
-
-def _socket(conn: Connection) -> int:
-    return int(conn.connection.driver_connection.fileno())  # type: ignore[union-attr]
