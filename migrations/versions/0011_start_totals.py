@@ -7,7 +7,9 @@ claim at 10,000 starts a second, a third of the claim's time, measured on Postgr
 The claim writes a row under the pipeline's lock, with a time never before the previous row's, so
 times and totals rise together (app.queries.limits). Existing starts are converted, one row per
 pipeline and time, in the table itself: its owner and the grants deploy/roles.sql gave on it stay,
-so workers of either version keep claiming between the migration and the roles' next run.
+so workers of this version claim at once, before roles.sql runs again. Workers of the code before
+must not claim a rate-limited pipeline once it has run (their claim writes a row per start without
+the totals, which the table now refuses): a deploy drains the fleet first (docs/operations.md).
 
 Revision ID: 0011_start_totals
 Revises: 0010_wake_one
@@ -23,6 +25,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.execute("DROP INDEX run_starts_idx")  # not kept up through the conversion, made again after
     op.execute("ALTER TABLE run_starts ADD COLUMN starts int, ADD COLUMN total bigint")
     # One statement, one snapshot: the DELETE returns the rows of a start each, the INSERT writes
     # their totals, and neither sees the other's rows.
@@ -36,7 +39,6 @@ def upgrade() -> None:
         ALTER TABLE run_starts ALTER COLUMN starts SET NOT NULL, ALTER COLUMN total SET NOT NULL,
             ADD CONSTRAINT run_starts_starts_check CHECK (starts > 0)
     """)
-    op.execute("DROP INDEX run_starts_idx")
     op.execute("CREATE INDEX run_starts_idx ON run_starts (pipeline, started_at, total)")
     op.execute("""
         COMMENT ON TABLE run_starts IS
