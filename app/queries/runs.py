@@ -111,16 +111,9 @@ def insert_run_once(conn: Connection, run: NewRun) -> tuple[int, bool]:
 
 
 def _asks_nothing(run: NewRun) -> bool:
-    """The run leaves every column but its pipeline and params to the table's defaults."""
-    return (
-        run.priority == 0
-        and run.delay == 0
-        and run.run_at is None
-        and run.max_attempts is None
-        and run.timeout is None
-        and run.key is None
-        and run.group is None
-    )
+    """The run leaves every column but its pipeline and params to the table's defaults (NewRun's
+    own, which are the table's: a field added to NewRun is compared too)."""
+    return run == NewRun(run.pipeline, run.params, params_json=run.params_json)
 
 
 _PIPELINE = attrgetter("pipeline")
