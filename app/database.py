@@ -246,7 +246,7 @@ class KeptConnection:
 
     def drop(self) -> None:
         """Close the connection (after an error, or to stop); the next ``get`` opens another."""
-        conn, self._conn, self._driver = self._conn, None, None
+        conn, self._conn, self._driver, self.socket = self._conn, None, None, -1
         if conn is None:
             return
         if self._pid != os.getpid():

@@ -45,7 +45,9 @@ class Deadlines:
     def bound(self, fileno: int, seconds: float) -> Bound:
         """Cut the connection on socket ``fileno`` if the block has not ended within ``seconds``.
 
-        Raises :class:`DeadlineExceeded` from the block's error when its connection was cut.
+        Raises :class:`DeadlineExceeded` from the block's error (an ``Exception``) when its
+        connection was cut; any other exit (``KeyboardInterrupt``, say) passes through unchanged,
+        its call ended all the same.
         """
         return Bound(self, fileno, seconds)
 
@@ -113,7 +115,9 @@ class Bound:
         self._token = self._deadlines.start(self._fileno, self._seconds)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        # Cut just as it answered: the result stands; the connection fails on its next use.
+        # Ended on every exit, or the thread would later shut down a socket number that the
+        # next connection may have been given. Cut just as it answered, without an error: the
+        # result stands, and the connection is found broken at its next use.
         cut = self._deadlines.end(self._token)
         if cut and isinstance(error, Exception):
             raise DeadlineExceeded(f"the database did not answer within {self._seconds:g}s") from error
