@@ -128,10 +128,10 @@ def beat(conn: Connection, worker_id: str, held: dict[int, int], memory: str | N
 def heartbeat(conn: Connection, worker_id: str, held: dict[int, int]) -> set[int]:
     """A run's own heartbeat (ctx.heartbeat, from its executor): the runs of ``held`` still
     ``worker_id``'s beat; returns them. The worker's row is left to the worker's own heartbeat.
-    When the executor wrote it too, it took the two rows in the order opposite to the worker's
-    heartbeat statement (app.queries.fleet._BEAT, whose sub-statements run in an order of
-    PostgreSQL's choosing): the two deadlocked now and then, and a second of lock waits was
-    enough for a run to look stale. It also kept a frozen worker's row alive."""
+    When the executor wrote it too, it held the worker's row while it waited for a run's row,
+    which the worker's heartbeat (_BEAT) could hold while it waited for the worker's row: the two
+    deadlocked now and then, and a second of lock waits was enough for a run to look stale. It
+    also kept a frozen worker's row alive."""
     if not held:
         return set()
     rows = conn.execute(

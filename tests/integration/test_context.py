@@ -73,6 +73,7 @@ def test_a_runs_heartbeat_never_waits_for_the_workers_row(engine: Engine) -> Non
     beating: list[object] = []
     with engine.connect() as worker:
         worker.execute(text("UPDATE runs SET heartbeat_at = now() WHERE id = :id"), {"id": run_id})
+        holder = worker.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
         def executor_beats() -> None:
             with engine.begin() as conn:
@@ -81,7 +82,7 @@ def test_a_runs_heartbeat_never_waits_for_the_workers_row(engine: Engine) -> Non
 
         executor = threading.Thread(target=executor_beats)
         executor.start()
-        wait_until(lambda: _waiting_on_a_lock(engine), 10, "the run's heartbeat to wait for the run")
+        wait_until(lambda: _waits_for(engine, holder), 10, "the run's heartbeat to wait for the run")
         worker.execute(text("SET LOCAL lock_timeout = '5s'"))
         worker.execute(text("UPDATE workers SET heartbeat_at = now() WHERE id = 'w'"))
         worker.commit()
@@ -89,11 +90,12 @@ def test_a_runs_heartbeat_never_waits_for_the_workers_row(engine: Engine) -> Non
     assert beating == [{run_id}]
 
 
-def _waiting_on_a_lock(engine: Engine) -> bool:
+def _waits_for(engine: Engine, holder: int) -> bool:
+    """Whether a session waits for a lock that the session of pid ``holder`` holds."""
     with engine.connect() as conn:
         waiting = """SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()"""
-        return bool(conn.execute(text(waiting)).scalar_one())
+                     WHERE datname = current_database() AND :holder = ANY(pg_blocking_pids(pid))"""
+        return bool(conn.execute(text(waiting), {"holder": holder}).scalar_one())
 
 
 def test_a_step_returns_the_same_value_on_every_attempt(
