@@ -52,9 +52,10 @@ def test_a_cut_listener_reconnects_and_still_wakes_the_worker(engine: Engine, sp
 
 def _fleet_of_two(engine: Engine, spawn_worker: Spawn) -> tuple[list[subprocess.Popen[str]], list[str]]:
     """Two idle workers that know of each other (each beat once after both registered), which
-    only notifications wake (a one-minute poll interval)."""
+    only notifications wake (a one-minute poll interval). They stop within a second of being
+    told, a long run released (it would hold its worker for SHUTDOWN_GRACE)."""
     ids = ["worker-a", "worker-b"]
-    env = {"POLL_INTERVAL": "60s", "HEARTBEAT_INTERVAL": "300ms"}
+    env = {"POLL_INTERVAL": "60s", "HEARTBEAT_INTERVAL": "300ms", "SHUTDOWN_GRACE": "1s"}
     workers = [spawn_worker("--concurrency", "1", env={**env, "WORKER_ID": worker_id}) for worker_id in ids]
     both = (
         "SELECT count(*) FROM workers"
