@@ -74,6 +74,18 @@ def test_the_starts_of_rated_pipelines_survive_their_conversion_both_ways(blank:
         conn.execute(
             text(f"DO $$ BEGIN CREATE ROLE {GRANTEE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
         )
+    try:
+        _convert_both_ways(blank, engine)
+    finally:
+        with engine.begin() as conn:  # the role is the server's: gone with its grants here, unless
+            conn.execute(text(f"DROP OWNED BY {GRANTEE}"))  # another database still grants it some
+            dropped = f"DROP ROLE {GRANTEE}; EXCEPTION WHEN dependent_objects_still_exist THEN NULL"
+            conn.execute(text(f"DO $$ BEGIN {dropped}; END $$"))
+        engine.dispose()
+
+
+def _convert_both_ways(blank: Scratch, engine: Engine) -> None:
+    with engine.begin() as conn:
         conn.execute(text(f"GRANT INSERT, DELETE ON run_starts TO {GRANTEE}"))
         conn.execute(
             text("""INSERT INTO run_starts (pipeline, started_at) VALUES
@@ -91,7 +103,6 @@ def test_the_starts_of_rated_pipelines_survive_their_conversion_both_ways(blank:
         rows = conn.execute(text(listed.format("1"))).all()
     assert [tuple(row) for row in rows] == [("a", 0, 1), ("a", 0, 1), ("a", 5, 1), ("b", 0, 1)]
     assert _grants_stayed(engine)
-    engine.dispose()
 
 
 def test_a_schema_behind_the_code_is_refused_with_a_hint(blank: Scratch) -> None:
