@@ -71,7 +71,7 @@ def is_loopback(host: str) -> bool:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from app.serve import create_app
+    from app.serve.app import create_app
 
     known = discover(settings.pipeline_modules)
     database = connect(settings)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from structlog.testing import capture_logs
 
 from app import access, enqueue_many, registry
-from app.serve import create_app
+from app.serve.app import create_app
 from app.settings import Settings
 from tests.support import http
 from tests.support.runs import fetch_run, finished_run, pending_run, running_run, worker_row

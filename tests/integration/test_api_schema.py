@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from app import registry
-from app.serve import create_app
+from app.serve.app import create_app
 from app.settings import Settings
 
 

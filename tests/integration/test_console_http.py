@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from app import access, enqueue, registry
-from app.serve import create_app
+from app.serve.app import create_app
 from app.serve.events import Changes
 from app.settings import Settings
 from tests.support.runs import fetch_run, finished_run, pending_run

@@ -368,7 +368,7 @@ def test_the_server_role_runs_orbit_serve_and_orbit_token(
 
     from app import registry
     from app.database import make_engine
-    from app.serve import create_app
+    from app.serve.app import create_app
 
     made = orbit("token", "create", "ops", "--role", "admin", env=secured.env("server"))
     assert made.returncode == 0, made.stderr
