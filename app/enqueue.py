@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import queries, registry
+from app import jsontext, queries, registry
 from app.deadlines import DEADLINES
 from app.durations import parse_duration
 from app.queries import NewRun
@@ -237,6 +237,8 @@ def _check_json(params: Mapping[str, Any]) -> str:
         raise EnqueueError("params are nested too deeply to be stored as JSON") from None
     except (TypeError, ValueError) as exc:
         raise EnqueueError(f"params are not valid JSON: {exc}") from None
+    if jsontext.too_deep(encoded):
+        raise EnqueueError(f"params are nested too deeply (more than {jsontext.MAX_DEPTH} levels)")
     # A character is at most 4 bytes of UTF-8: short text needs no second encoding to measure.
     if len(encoded) > MAX_PARAMS_BYTES // 4 and len(encoded.encode()) > MAX_PARAMS_BYTES:
         raise EnqueueError(f"params are larger than {MAX_PARAMS_BYTES} bytes of JSON")

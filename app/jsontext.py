@@ -3,7 +3,9 @@ parsed without reaching the interpreter's recursion limit.
 
 ``json.loads`` of text nested a thousand deep recurses until a RecursionError, and whatever runs
 that deep meanwhile (a finalizer the garbage collector calls, a warning) fails too, unreported.
-Text nested deeper than MAX_DEPTH is refused before it is parsed.
+Text nested deeper than MAX_DEPTH is refused before it is parsed; params given as objects (the
+Python API, the HTTP API's body) are held to the same depth once encoded (app.enqueue), so a
+run's params nest at most MAX_DEPTH deep whichever way it came.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ def nesting(text: str) -> int:
     return deepest
 
 
+def too_deep(text: str) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than MAX_DEPTH."""
+    # Fewer opening brackets than the limit cannot nest past it: most text is not scanned.
+    return text.count("[") + text.count("{") > MAX_DEPTH and nesting(text) > MAX_DEPTH
+
+
 def loads(text: str) -> Any:
     """``json.loads``, or TooDeep for text nested deeper than MAX_DEPTH."""
-    # Fewer opening brackets than the limit cannot nest past it: most text is not scanned.
-    if text.count("[") + text.count("{") > MAX_DEPTH and nesting(text) > MAX_DEPTH:
+    if too_deep(text):
         raise TooDeep(f"nested more than {MAX_DEPTH} deep")
     return json.loads(text)

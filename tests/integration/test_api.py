@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from structlog.testing import capture_logs
 
 from app import access, enqueue_many, registry
+from app.jsontext import MAX_DEPTH
 from app.serve.app import create_app
 from app.settings import Settings
 from tests.support import http
@@ -99,6 +100,11 @@ def test_a_list_enqueues_a_batch_in_one_transaction(client: TestClient, engine: 
     assert count_runs(engine) == 2
 
 
+TOO_DEEP: dict[str, Any] = {}  # params one level deeper than any run's may be
+for _ in range(MAX_DEPTH):
+    TOO_DEEP = {"a": TOO_DEEP}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "says"),
     [
@@ -113,6 +119,7 @@ def test_a_list_enqueues_a_batch_in_one_transaction(client: TestClient, engine: 
         ({"pipeline": "test.noop", "priority": 2**40}, 422, "priority"),
         ({"pipeline": "test.noop", "max_attempts": 0}, 422, "max_attempts"),
         ({"pipeline": "test.noop", "colour": "red"}, 422, "colour"),
+        ({"pipeline": "test.noop", "params": TOO_DEEP}, 400, "params are nested too deeply (more than 200"),
         ({"params": {}}, 422, "pipeline"),
         ([], 400, "empty"),
     ],

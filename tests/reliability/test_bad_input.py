@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app import EnqueueError, cli, enqueue
 from app.durations import parse_duration
+from app.jsontext import MAX_DEPTH
 from app.settings import Settings
 from app.states import RunStatus
 from tests.support.paths import ROOT
@@ -55,6 +56,7 @@ def _deep(depth: int) -> dict[str, Any]:
         ("test.echo", {"obj": object()}, {}, "not valid JSON"),
         (INJECTION, {}, {}, "unknown pipeline"),
         ("test.echo", _deep(1000), {}, "nested too deeply"),
+        ("test.echo", _deep(MAX_DEPTH), {}, "nested too deeply"),
         ("test.echo", {}, {"timeout": math.nan}, "timeout must be"),
         ("test.echo", {}, {"timeout": -1}, "timeout must be"),
         ("test.echo", {}, {"priority": math.nan}, "priority must be a whole number"),
@@ -69,7 +71,7 @@ def _deep(depth: int) -> dict[str, Any]:
     ],
     ids=[
         "list", "string", "10MB", "nul", "lone-surrogate", "nan", "object", "injection", "nested-1000",
-        "nan-timeout", "negative-timeout", "nan-priority", "zero-attempts", "text-attempts",
+        "nested-201", "nan-timeout", "negative-timeout", "nan-priority", "zero-attempts", "text-attempts",
         "huge-attempts", "nul-key", "surrogate-key", "long-key", "huge-delay", "huge-timeout",
     ],
 )  # fmt: skip
@@ -82,11 +84,11 @@ def test_the_python_api_rejects_bad_input_and_inserts_nothing(
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0
 
 
-def test_moderate_nesting_is_accepted_and_runs(
+def test_nesting_up_to_the_limit_is_accepted_and_runs(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
     with engine.begin() as conn:
-        run_id = enqueue("test.echo", _deep(200), connection=conn)
+        run_id = enqueue("test.echo", _deep(MAX_DEPTH - 1), connection=conn)  # MAX_DEPTH levels
     assert run_burst(make_settings()) == 0
     assert fetch_run(engine, run_id).status == RunStatus.SUCCEEDED
 
