@@ -97,7 +97,7 @@ class Notifier:
             return
         try:
             # The loop's own call: bounded like every other (app.deadlines).
-            with DEADLINES.bound(self._conn.fileno(), self._database.deadline):
+            with DEADLINES.bound(self._socket, self._database.deadline):
                 self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except (psycopg.Error, DeadlineExceeded):
             self._drop()
